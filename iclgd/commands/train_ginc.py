@@ -32,7 +32,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--time-budget", type=float,
                    help="train for this many wall-clock seconds instead of a step count")
     p.add_argument("--batch", type=int, help="windows per step")
-    p.add_argument("--lr", type=float, help="peak learning rate")
+    p.add_argument("--lr", type=float, help="peak AdamW learning rate")
+    p.add_argument("--optimizer", choices=("muon", "adamw"),
+                   help="muon (default): Muon on attention/MLP matrices, AdamW on the rest; "
+                   "adamw: AdamW on everything")
+    p.add_argument("--muon-lr", type=float, help="peak Muon learning rate (default 0.02)")
     p.add_argument("--checkpoints", type=int, help="number of checkpoints (log-spaced, incl. 0)")
     p.add_argument("--seed", type=int, help="seed of model init and data order")
     p.add_argument("--ginc-seed", type=int, help="seed of the GINC world (concepts)")
@@ -58,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = preset_config(
         args.preset, layers=args.layers, d_model=args.d_model, heads=args.heads,
         window=args.window, steps=args.steps, time_budget=args.time_budget, batch=args.batch,
-        lr=args.lr, checkpoints=args.checkpoints, seed=args.seed, device=args.device,
+        lr=args.lr, optimizer=args.optimizer, muon_lr=args.muon_lr, checkpoints=args.checkpoints, seed=args.seed, device=args.device,
         threads=args.threads, corpus_docs=args.corpus_docs, doc_length=args.doc_length,
     )
     if args.steps is not None and args.time_budget is not None:

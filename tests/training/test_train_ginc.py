@@ -7,6 +7,7 @@ import csv
 import json
 
 import numpy as np
+import pytest
 import torch
 
 from iclgd.data.ginc import (
@@ -16,8 +17,9 @@ from iclgd.data.ginc import (
     ideal_next_token_probs,
     load_ginc_world,
 )
+from iclgd.errors import IclgdError
 from iclgd.training.checkpointing import checkpoint_steps, latest_checkpoint, list_step_folders
-from iclgd.training.ginc import GincTrainConfig, train_ginc
+from iclgd.training.ginc import GincTrainConfig, build_model, build_optimizer, train_ginc
 from iclgd.training.ginc_eval import evaluate_icl
 
 TINY = GincTrainConfig(
@@ -64,8 +66,11 @@ def test_sdpa_training_matches_eager_and_saves_eager_checkpoints(tmp_path):
 
     from safetensors.torch import load_file
 
-    train_ginc(tmp_path / "sdpa", TINY, progress=False)
-    train_ginc(tmp_path / "eager", replace(TINY, train_attention="eager"), progress=False)
+    # AdamW isolates the attention kernel: Muon's bfloat16 Newton-Schulz step would turn float
+    # rounding differences into bfloat16 rounding differences
+    cfg = replace(TINY, optimizer="adamw")
+    train_ginc(tmp_path / "sdpa", cfg, progress=False)
+    train_ginc(tmp_path / "eager", replace(cfg, train_attention="eager"), progress=False)
     a = load_file(str(tmp_path / "sdpa/step8/model.safetensors"))
     b = load_file(str(tmp_path / "eager/step8/model.safetensors"))
     for name in a:
@@ -73,14 +78,39 @@ def test_sdpa_training_matches_eager_and_saves_eager_checkpoints(tmp_path):
     assert TINY.train_attention == "sdpa"  # the default trains with SDPA
 
 
-def test_resume_after_interruption_matches_uninterrupted_run(tmp_path):
+def test_muon_takes_the_hidden_matrices_and_adamw_the_rest():
+    from dataclasses import replace
+
+    cfg = replace(TINY, optimizer="muon", muon_lr=0.02, lr=1e-3)
+    model = build_model(cfg)
+    opt = build_optimizer(model, cfg)
+    muon, adam = opt.optimizers
+    assert type(muon).__name__ == "Muon" and type(adam).__name__ == "AdamW"
+    name_of = {id(p): n for n, p in model.named_parameters()}
+    in_muon = {name_of[id(p)] for g in muon.param_groups for p in g["params"]}
+    in_adam = {name_of[id(p)] for g in adam.param_groups for p in g["params"]}
+    assert in_muon == {
+        "gpt_neox.layers.0.attention.query_key_value.weight", "gpt_neox.layers.0.attention.dense.weight",
+        "gpt_neox.layers.0.mlp.dense_h_to_4h.weight", "gpt_neox.layers.0.mlp.dense_4h_to_h.weight"}
+    assert in_muon.isdisjoint(in_adam) and in_muon | in_adam == set(name_of.values())
+    assert {"gpt_neox.embed_in.weight", "lm_head.weight"} <= in_adam
+    assert [g["lr_scale"] for g in opt.param_groups] == [20.0, 1.0]
+    with pytest.raises(IclgdError, match="optimizer must be"):
+        build_optimizer(model, replace(cfg, optimizer="sgd"))
+
+
+@pytest.mark.parametrize("optimizer", ["muon", "adamw"])
+def test_resume_after_interruption_matches_uninterrupted_run(tmp_path, optimizer):
+    from dataclasses import replace
+
     from safetensors.torch import load_file
 
+    cfg = replace(TINY, optimizer=optimizer)
     full, cut = tmp_path / "full", tmp_path / "cut"
-    train_ginc(full, TINY, progress=False)
-    partial = train_ginc(cut, TINY, progress=False, stop_after_steps=5)  # "killed" after step 5
+    train_ginc(full, cfg, progress=False)
+    partial = train_ginc(cut, cfg, progress=False, stop_after_steps=5)  # "killed" after step 5
     assert partial["stopped_early"] and latest_checkpoint(cut)[0] == 3
-    train_ginc(cut, TINY, progress=False)
+    train_ginc(cut, cfg, progress=False)
     assert [s for s, _ in list_step_folders(cut)] == [0, 1, 3, 8]
     assert not any(p.name.startswith(".tmp") for p in cut.iterdir())
     a, b = load_file(str(full / "step8/model.safetensors")), load_file(str(cut / "step8/model.safetensors"))
@@ -89,7 +119,7 @@ def test_resume_after_interruption_matches_uninterrupted_run(tmp_path):
     with (cut / "train_log.csv").open() as fh:
         steps = [int(r["step"]) for r in csv.DictReader(fh)]
     assert steps == [1, 2, 3, 4, 6, 8]  # no duplicated or lost rows
-    summary = train_ginc(cut, TINY, progress=False)  # finished run: nothing more to do
+    summary = train_ginc(cut, cfg, progress=False)  # finished run: nothing more to do
     assert summary["steps"] == 8
 
 
