@@ -4,7 +4,7 @@
 
 Times `--steps` optimiser steps (after 3 warm-up steps) of the default CPU model (GPT-NeoX,
 2 layers, d_model 64, 2 heads, batch 8, window 256) for variants: 1 vs 2 torch threads, eager vs
-SDPA attention, window and batch sizes, torch.compile. Reports wall and process-CPU seconds per
+SDPA attention, Muon vs AdamW, window and batch sizes, torch.compile. Reports wall and process-CPU seconds per
 step and the ratio to the default. Also times the data pipeline (corpus generation and window
 sampling) and one Bayes-ceiling evaluation cell.
 
@@ -32,17 +32,16 @@ from iclgd.data.ginc import (
     pretraining_stream,
     sample_prompts,
 )
-from iclgd.training.ginc import GincTrainConfig, build_model
+from iclgd.training.ginc import GincTrainConfig, build_model, build_optimizer
 
 
-def time_steps(cfg: GincTrainConfig, steps: int, threads: int, *, attn: str = "eager",
+def time_steps(cfg: GincTrainConfig, steps: int, threads: int, *, attn: str = "sdpa",
                compile_model: bool = False) -> tuple[float, float]:
     torch.set_num_threads(threads)
     model = build_model(cfg)
-    if attn != "eager":
-        model.config._attn_implementation = attn
+    model.config._attn_implementation = attn
     fwd = torch.compile(model) if compile_model else model
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    opt = build_optimizer(model, cfg)
     x = torch.randint(0, cfg.ginc.vocab_size, (cfg.batch, cfg.window + 1))
 
     def step() -> None:
@@ -94,13 +93,14 @@ def main() -> None:
         return
     base = GincTrainConfig()
     variants = [
-        ("default (eager, 1 thread)", base, 1, "eager"),
-        ("2 threads", base, 2, "eager"),
-        ("sdpa attention (trainer default)", base, 1, "sdpa"),
-        ("window 160", replace(base, window=160, batch=13), 1, "eager"),
-        ("batch 16", replace(base, batch=16), 1, "eager"),
-        ("d_model 96, 3 heads", replace(base, d_model=96, heads=3), 1, "eager"),
-        ("3 layers", replace(base, layers=3), 1, "eager"),
+        ("default (SDPA, Muon + AdamW, 1 thread)", base, 1, "sdpa"),
+        ("AdamW only", replace(base, optimizer="adamw"), 1, "sdpa"),
+        ("eager attention", base, 1, "eager"),
+        ("2 threads", base, 2, "sdpa"),
+        ("window 160", replace(base, window=160, batch=13), 1, "sdpa"),
+        ("batch 16", replace(base, batch=16), 1, "sdpa"),
+        ("d_model 96, 3 heads", replace(base, d_model=96, heads=3), 1, "sdpa"),
+        ("3 layers", replace(base, layers=3), 1, "sdpa"),
     ]
     rows = []
     for name, cfg, threads, attn in variants:

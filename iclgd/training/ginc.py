@@ -59,7 +59,7 @@ class GincTrainConfig:
     grad_clip: float = 1.0
     optimizer: str = "muon"  # Muon on attention/MLP matrices + AdamW on the rest; or "adamw"
     muon_lr: float = 0.02
-    steps: int | None = 4500  # fixed step count (about 210 CPU-seconds with 1 thread, SDPA)
+    steps: int | None = 4500  # fixed step count (about 250 CPU-seconds with 1 thread, SDPA)
     time_budget: float | None = None  # or: wall-clock seconds of training (with steps=None)
     checkpoints: int = 12
     seed: int = 0
