@@ -56,12 +56,14 @@ def sweep_section(folder: Path, root: Path) -> str:
     flat = []
     for r in rows:
         acc, bayes = r.get("icl_accuracy") or {}, r.get("bayes_accuracy") or {}
+        lm = r.get("pretrained_bayes_accuracy") or {}
         ns = sorted(acc, key=int)
         lo, hi = (ns[0], ns[-1]) if ns else (None, None)
         flat.append({
             "checkpoint": r["checkpoint"], "step": r["step"],
             f"acc n={lo}": acc.get(lo), f"acc n={hi}": acc.get(hi),
             f"bayes n={lo}": bayes.get(lo), f"bayes n={hi}": bayes.get(hi),
+            f"pretrained-LM Bayes n={lo}": lm.get(lo), f"pretrained-LM Bayes n={hi}": lm.get(hi),
             "icl_score": (r.get("icl_score") or {}).get("score")
             if isinstance(r.get("icl_score"), dict) else r.get("icl_score"),
             "drift_prev": r.get("weight_drift_prev"), "drift_final": r.get("weight_drift_final"),
@@ -70,7 +72,8 @@ def sweep_section(folder: Path, root: Path) -> str:
     keys = [k for k in last if k.startswith(("acc", "bayes"))]
     text = ["## Weight evolution (checkpoint sweep)\n",
             "ICL accuracy on in-distribution GINC prompts (k = 3) by number of examples n, the "
-            "exact Bayes-optimal ceiling, and how far the raw attention/MLP weights move "
+            "exact Bayes-optimal ceiling (ideal learner), the exact pretraining-view predictor "
+            "(a perfectly fitted pretrained LM), and how far the raw attention/MLP weights move "
             "(‖θ_t − θ_prev‖/‖θ_prev‖ and ‖θ_t − θ_last‖/‖θ_last‖).\n",
             _table(flat, list(flat[0].keys()))]
     if len(keys) == 4:

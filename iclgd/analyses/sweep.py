@@ -5,7 +5,9 @@ for every checkpoint of a series, in step order, one row with
 
 - `icl_accuracy` / `icl_accuracy_se` (n as a string → value) on the default prompt set (GINC,
   in-distribution concepts, k = 3) and `bayes_accuracy` / `bayes_accuracy_se`, the exact
-  Bayes-ideal ceiling on the same prompts; every prompt set under `icl_accuracy_by_task`;
+  Bayes-ideal ceiling on the same prompts, with `pretrained_bayes_accuracy` (/ `_se`), the
+  exact pretraining-view predictor (a perfectly fitted pretrained LM); every prompt set under
+  `icl_accuracy_by_task`;
 - `icl_score` (+ `icl_score_positions`), Olsson's late-minus-early loss;
 - induction heads: best heads by prefix matching (with their copying scores) and by copying,
   plus the full `[n_layers, n_heads]` score tables;

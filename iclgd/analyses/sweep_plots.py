@@ -137,7 +137,11 @@ def plot_icl_vs_n(rows: list[dict[str, Any]], task: str | None = None) -> Figure
         )
     t = rows[-1]["icl_accuracy_by_task"][task]
     ns = sorted(int(n) for n in t["bayes_accuracy"])
-    ax.plot(ns, [t["bayes_accuracy"][str(n)] for n in ns], "k--", lw=2, label="Bayes-optimal")
+    ax.plot(ns, [t["bayes_accuracy"][str(n)] for n in ns], "k--", lw=2,
+            label="Bayes-optimal (ideal learner)")
+    if "pretrained_bayes_accuracy" in t:
+        ax.plot(ns, [t["pretrained_bayes_accuracy"][str(n)] for n in ns], "k:", lw=2,
+                label="Bayes pretrained LM")
     ax.set_xscale("symlog", linthresh=1)
     ax.set_xlabel("number of in-context examples n (symlog)")
     ax.set_ylabel("accuracy")

@@ -5,7 +5,9 @@ GINC prompt sets come from `iclgd.data.ginc_prompts.sample_prompts` on the world
 series' `ginc.json`; the Bayes ceiling of a set is `iclgd.data.ginc_bayes.ideal_accuracy` with a
 uniform prior over that set's own concept pool (in-distribution prompts: the pretraining
 concepts; held-out prompts: the held-out concepts), i.e. the best accuracy any predictor can
-reach on that prompt distribution. ICL-score sequences are GINC pretraining documents
+reach on that prompt distribution. Each set also carries the pretraining-view reference,
+`pretrained_lm_accuracy` (the prompt read as one document under the pretraining concepts,
+transitions smoothed by 0.1): what a perfectly fitted pretrained LM reaches. ICL-score sequences are GINC pretraining documents
 (in-distribution concepts) of length `n_ctx`, or windows of a user text file (`text`).
 """
 
@@ -134,7 +136,7 @@ class SweepTasks:
         self._ready = True
 
     def _build_sets(self, world: Any, n_ctx: int) -> None:
-        from iclgd.data.ginc_bayes import ideal_accuracy
+        from iclgd.data.ginc_bayes import ideal_accuracy, pretrained_lm_accuracy
         from iclgd.data.ginc_prompts import prompt_length, sample_prompts
 
         st = self.settings
@@ -149,7 +151,7 @@ class SweepTasks:
                 self.notes[spec.name] = f"n={dropped} dropped: prompts longer than n_ctx={n_ctx}"
             if not ns:
                 continue
-            prompts, bayes = {}, {}
+            prompts, bayes, pretrained = {}, {}, {}
             for n in ns:
                 gp = sample_prompts(
                     world, n, spec.k, st.n_prompts, concepts=spec.concepts, seed=st.seed
@@ -158,7 +160,8 @@ class SweepTasks:
                     n, torch.as_tensor(gp.tokens), torch.as_tensor(gp.labels)
                 )
                 bayes[n] = ideal_accuracy(world, gp, spec.concepts)
-            self._sets.append((spec, prompts, bayes))
+                pretrained[n] = pretrained_lm_accuracy(world, gp, "in")
+            self._sets.append((spec, prompts, bayes, pretrained))
         if not self._sets:
             raise IclgdError("no ICL prompt fits the model's context: pass smaller --n-values or k")
 
@@ -189,7 +192,7 @@ class SweepTasks:
         row: dict[str, Any] = {}
         if "icl" in self.names:
             by_task = {}
-            for spec, prompts, bayes in self._sets:
+            for spec, prompts, bayes, pretrained in self._sets:
                 acc = icl_accuracy(model, prompts, batch_size=st.batch_size)
                 by_task[spec.name] = {
                     "concepts": spec.concepts,
@@ -198,6 +201,10 @@ class SweepTasks:
                     "se": {str(n): acc.se[n] for n in acc.n_values},
                     "bayes_accuracy": {str(n): bayes[n][0] for n in acc.n_values},
                     "bayes_accuracy_se": {str(n): bayes[n][1] for n in acc.n_values},
+                    "pretrained_bayes_accuracy": {str(n): pretrained[n][0] for n in acc.n_values},
+                    "pretrained_bayes_accuracy_se": {
+                        str(n): pretrained[n][1] for n in acc.n_values
+                    },
                 }
             first = by_task[self._sets[0][0].name]
             row.update(
@@ -207,6 +214,8 @@ class SweepTasks:
                     "icl_accuracy_se": first["se"],
                     "bayes_accuracy": first["bayes_accuracy"],
                     "bayes_accuracy_se": first["bayes_accuracy_se"],
+                    "pretrained_bayes_accuracy": first["pretrained_bayes_accuracy"],
+                    "pretrained_bayes_accuracy_se": first["pretrained_bayes_accuracy_se"],
                     "icl_accuracy_by_task": by_task,
                 }
             )

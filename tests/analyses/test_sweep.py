@@ -78,6 +78,14 @@ def test_rows_and_drift(series, swept):
     p = r["icl_accuracy"]["1"]
     assert se == pytest.approx(math.sqrt(p * (1 - p) / 12), abs=1e-12)
     assert rows[0]["bayes_accuracy"] == rows[2]["bayes_accuracy"]  # same prompts every checkpoint
+    from iclgd.data.ginc import GincConfig, build_world, pretrained_lm_accuracy, sample_prompts
+
+    world = build_world(GincConfig())
+    for n in (0, 4):
+        gp = sample_prompts(world, n, 3, 12, concepts="in", seed=FAST.seed)
+        acc, se = pretrained_lm_accuracy(world, gp, "in")
+        assert r["pretrained_bayes_accuracy"][str(n)] == acc
+        assert r["pretrained_bayes_accuracy_se"][str(n)] == se
     assert r["icl_score_positions"] == {"early": 6, "late": 62, "n_ctx": 64}
     assert len(r["induction_top_prefix"]) == 3 and {"layer", "head", "copying"} <= set(r["induction_top_prefix"][0])
     assert set(r["density_fraction_below"]) == {"1e-02", "1e-03", "1e-04", "1e-05", "1e-06"}
