@@ -20,14 +20,13 @@ from pathlib import Path
 from typing import Any
 
 
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Write `text` to `path` atomically (temp file in the same folder, fsync, rename)."""
+def _atomic_write(path: str | Path, write: Any, mode: str) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        with os.fdopen(fd, mode, **({"encoding": "utf-8"} if "b" not in mode else {})) as fh:
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -36,6 +35,17 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
             os.unlink(tmp)
         raise
     return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write `text` to `path` atomically (temp file in the same folder, fsync, rename)."""
+    return _atomic_write(path, lambda fh: fh.write(text), "w")
+
+
+def save_figure(fig: Any, path: str | Path, *, dpi: int = 110) -> Path:
+    """Save a matplotlib figure to `path` (format from the suffix) atomically."""
+    fmt = Path(path).suffix.lstrip(".") or "png"
+    return _atomic_write(path, lambda fh: fig.savefig(fh, dpi=dpi, format=fmt), "wb")
 
 
 def _json_default(obj: Any) -> Any:

@@ -16,6 +16,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from iclgd.results import save_figure  # noqa: E402
+
 
 def _ok(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted((r for r in rows if "error" not in r), key=lambda r: r["step"])
@@ -195,7 +197,7 @@ def save_sweep_plots(rows: list[dict[str, Any]], out: str | Path) -> list[Path]:
         figures[f"icl_accuracy_vs_n_{task}.png"] = plot_icl_vs_n(rows, task)
     paths = []
     for name, fig in figures.items():
-        fig.savefig(out / name, dpi=110)
+        save_figure(fig, out / name, dpi=110)
         plt.close(fig)
         paths.append(out / name)
     return paths

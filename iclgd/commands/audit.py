@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     """Build, audit, print / write."""
     from iclgd import constructions as C
     from iclgd.constructions.audit import approximation_sweep, audit_construction
-    from iclgd.results import provenance, to_json, write_csv, write_json
+    from iclgd.results import provenance, save_figure, to_json, write_csv, write_json
 
     construction = build(args)
     report = audit_construction(construction, tasks=args.tasks, seed=args.seed)
@@ -136,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
             model=f"construction:{args.name}", checkpoint=None, seed=args.seed, dtype=args.dtype,
             device="cpu", weight_processing="raw"))  # fmt: skip
         write_csv(out / "perturbation.csv", report["perturbation"]["curve"])
-        perturbation_figure(report).savefig(out / "perturbation.png", dpi=120)
+        save_figure(perturbation_figure(report), out / "perturbation.png", dpi=120)
     if args.json:
         print(to_json(report))
         return 0

@@ -156,6 +156,7 @@ def write_figures(out, rows, summary, *, title: str) -> None:
     import matplotlib.pyplot as plt
 
     from iclgd.analyses import compare_plots as cp
+    from iclgd.results import save_figure
 
     n_max = max(r["n_demos"] for r in rows)
     figs = {
@@ -178,7 +179,7 @@ def write_figures(out, rows, summary, *, title: str) -> None:
             rows, "dw_cosine", n_demos=n_max, title=f"cos(ΔW_ICL, ΔW_FT), N = {n_max}")
     out.mkdir(parents=True, exist_ok=True)
     for name, fig in figs.items():
-        fig.savefig(out / name, dpi=110)
+        save_figure(fig, out / name, dpi=110)
         plt.close(fig)
 
 

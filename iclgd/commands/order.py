@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     from iclgd.analyses.order import epoch_grid, order_experiment
     from iclgd.commands.compare import load_for_experiment, provenance_for
     from iclgd.errors import IclgdError
-    from iclgd.results import to_json, write_csv, write_json
+    from iclgd.results import save_figure, to_json, write_csv, write_json
 
     model, sets, info, methods, lr = load_for_experiment(args)
     if len(sets) != 1:
@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
                                     "settings": settings, "rows": rows})
     fig = plot_order(rows, title=f"{Path(args.model).name} / {info['task']}, N = {n}, "
                                  f"{args.perms} orderings")
-    fig.savefig(out / "order.png", dpi=110)
+    save_figure(fig, out / "order.png", dpi=110)
     plt.close(fig)
     if args.json:
         print(to_json({"settings": settings, "rows": rows}))

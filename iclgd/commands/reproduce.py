@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
 
     from iclgd.analyses.von_oswald import gd_merged, reproduce
     from iclgd.errors import IclgdError
-    from iclgd.results import provenance, to_json, write_csv, write_json
+    from iclgd.results import provenance, save_figure, to_json, write_csv, write_json
 
     if args.layers < 1 or args.batch < 1 or args.eval_tasks < 1 or args.threads < 1:
         raise IclgdError("--layers, --batch, --eval-tasks and --threads must be >= 1")
@@ -72,12 +72,12 @@ def run(args: argparse.Namespace) -> int:
         qk_c, ov_c = gd_merged(d, n, summary["eta"])
         trained = {"W_K^T W_Q": result.model.merged_qk(0), "P W_V": result.model.merged_ov(0)}
         fig = merged_heatmaps(trained, {"W_K^T W_Q": qk_c, "P W_V": ov_c}, "layer 0: trained vs GD")
-        fig.savefig(out / "merged_heatmaps.png", dpi=120)
+        save_figure(fig, out / "merged_heatmaps.png", dpi=120)
         refs = {
             "GD": summary["gd_loss"],
             **({"GD++": summary["gdpp_loss"]} if "gdpp_loss" in summary else {}),
         }
-        loss_curve(result.history, refs).savefig(out / "loss_curve.png", dpi=120)
+        save_figure(loss_curve(result.history, refs), out / "loss_curve.png", dpi=120)
     if args.json:
         print(to_json(summary))
         return 0

@@ -127,7 +127,7 @@ def evaluate_checkpoint(folder, eval_dir, *, n_tasks: int, seed: int, device: st
         "png": eval_dir / "regression_eval.png",
     }
     fig = plot_regression_eval(result, title=f"{folder.name}: d = {d}")
-    fig.savefig(paths["png"], dpi=120)
+    results.save_figure(fig, paths["png"], dpi=120)
     import matplotlib.pyplot as plt
 
     plt.close(fig)
