@@ -7,8 +7,9 @@ uniform prior over that set's own concept pool (in-distribution prompts: the pre
 concepts; held-out prompts: the held-out concepts), i.e. the best accuracy any predictor can
 reach on that prompt distribution. Each set also carries the pretraining-view reference,
 `pretrained_lm_accuracy` (the prompt read as one document under the pretraining concepts,
-transitions smoothed by 0.1): what a perfectly fitted pretrained LM reaches. ICL-score sequences are GINC pretraining documents
-(in-distribution concepts) of length `n_ctx`, or windows of a user text file (`text`).
+transitions smoothed by 0.1): what a perfectly fitted pretrained LM reaches. ICL-score sequences
+are GINC pretraining documents (in-distribution concepts) of length `n_ctx`, or windows of a user
+text file (`text`).
 """
 
 from __future__ import annotations

@@ -62,8 +62,9 @@ def run(args: argparse.Namespace) -> int:
     cfg = preset_config(
         args.preset, layers=args.layers, d_model=args.d_model, heads=args.heads,
         window=args.window, steps=args.steps, time_budget=args.time_budget, batch=args.batch,
-        lr=args.lr, optimizer=args.optimizer, muon_lr=args.muon_lr, checkpoints=args.checkpoints, seed=args.seed, device=args.device,
-        threads=args.threads, corpus_docs=args.corpus_docs, doc_length=args.doc_length,
+        lr=args.lr, optimizer=args.optimizer, muon_lr=args.muon_lr, checkpoints=args.checkpoints,
+        seed=args.seed, device=args.device, threads=args.threads, corpus_docs=args.corpus_docs,
+        doc_length=args.doc_length,
     )
     if args.steps is not None and args.time_budget is not None:
         raise IclgdError("give --steps or --time-budget, not both")

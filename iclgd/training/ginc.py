@@ -78,6 +78,7 @@ class GincTrainConfig:
     def from_dict(cls, data: dict[str, Any]) -> GincTrainConfig:
         data = dict(data)
         data["ginc"] = GincConfig.from_dict(data.get("ginc", {}))
+        data.setdefault("optimizer", "adamw")  # runs saved before the field existed used AdamW
         return cls(**data)
 
 
@@ -157,8 +158,8 @@ class _Optimizers:
 def build_optimizer(model: Any, cfg: GincTrainConfig) -> Any:
     """The optimiser of `cfg.optimizer`; every param group carries `lr_scale` (its lr / `cfg.lr`).
 
-    - "adamw": AdamW on every parameter (weight decay `cfg.weight_decay` on matrices that are
-      not the input embedding).
+    - "adamw": AdamW on every parameter (weight decay `cfg.weight_decay` on the matrices other
+      than the input and output embeddings).
     - "muon": torch's Muon (Jordan et al. 2024: momentum 0.95, Nesterov, 5 Newton-Schulz steps,
       lr `cfg.muon_lr`) on the attention and MLP weight matrices (the fused query_key_value
       matrix is orthogonalised as one), AdamW at `cfg.lr` on the input embedding, the
@@ -200,8 +201,9 @@ def _json_files(cfg: GincTrainConfig, step: int) -> dict[str, Any]:
 def train_ginc(out: str | Path, cfg: GincTrainConfig | None = None, *, progress: bool = True,
                stop_after_steps: int | None = None) -> dict[str, Any]:
     """Train (or resume) into `out`; returns a summary dict (steps, wall seconds of training,
-    process-CPU seconds of this call's training loop, final loss, last checkpoint). `stop_after_steps` ends the call early after that many new steps without a
-    final checkpoint (simulates a killed run; used by tests)."""
+    process-CPU seconds of this call's training loop, final loss, last checkpoint).
+    `stop_after_steps` ends the call early after that many new steps without a final checkpoint
+    (simulates a killed run; used by tests)."""
     import torch
     import torch.nn.functional as F
 

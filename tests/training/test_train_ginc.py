@@ -99,6 +99,13 @@ def test_muon_takes_the_hidden_matrices_and_adamw_the_rest():
         build_optimizer(model, replace(cfg, optimizer="sgd"))
 
 
+def test_configs_saved_before_the_optimizer_field_read_as_adamw():
+    saved = TINY.to_dict()
+    del saved["optimizer"], saved["muon_lr"]
+    assert GincTrainConfig.from_dict(saved).optimizer == "adamw"
+    assert GincTrainConfig.from_dict(TINY.to_dict()) == TINY
+
+
 @pytest.mark.parametrize("optimizer", ["muon", "adamw"])
 def test_resume_after_interruption_matches_uninterrupted_run(tmp_path, optimizer):
     from dataclasses import replace
