@@ -8,9 +8,10 @@ summed over the vocabulary; averaged over queries.
 - ICL: the prompt's demonstrations are reordered (one value, drawn as a horizontal line);
 - FT: the model is finetuned on the demonstrations in each order (`finetune_batched`, one vmapped
   run over all orderings — and over queries when each query has its own demonstrations, as in
-  GINC), then run zero-shot on the query; evaluated after each epoch count of `epoch_grid`
-  (each count is its own finetuning run from the original weights, so Adam's state and SGD's
-  path are exactly those of a run of that length).
+  GINC), then run zero-shot on the query; evaluated after each epoch count of `epoch_grid`,
+  snapshotted from one run of the largest count (a run of e epochs is exactly the first e
+  epochs of the longer run: constant learning rate, fixed batch order, so Adam's state and
+  SGD's path are those of a run of that length).
 
 Full-batch GD (`gd`, `wv-layer`) averages the gradient over all demonstrations each step, so its
 sensitivity is float rounding only (~1e-6); `sgd` and `adam` (batch 1, prompt order) are order
@@ -99,25 +100,49 @@ def ft_distributions(
     """Next-token distributions `[P, batch, d_vocab]` of the model finetuned (`method`, `epochs`)
     on the demonstrations in each ordering, run zero-shot on the queries. All orderings (and
     queries, for per-query demonstrations) are trained in one `finetune_batched` call."""
-    from iclgd.probes.finetune import finetune_batched
+    return ft_distributions_by_epoch(model, prompts, orders, method, lr=lr, epochs=[epochs],
+                                     seed=seed, layer=layer, scratch=scratch)[epochs]
+
+
+def ft_distributions_by_epoch(
+    model: Any,
+    prompts: PromptSet,
+    orders: Sequence[Sequence[int]],
+    method: str,
+    *,
+    lr: float,
+    epochs: Sequence[int],
+    seed: int = 0,
+    layer: int | None = None,
+    scratch: ScratchModel | None = None,
+) -> dict[int, Tensor]:
+    """`ft_distributions` after each epoch count in `epochs`, `{e: [P, batch, d_vocab]}`, from
+    one finetuning run of `max(epochs)` epochs (`finetune_batched_epochs`: each snapshot equals
+    a separate run of that length; only one snapshot's deltas are held at a time)."""
+    from iclgd.probes.finetune import WeightDelta, finetune_batched_epochs
 
     scratch = scratch or ScratchModel(model)
-    stacked = _stack_orderings(prompts, orders)
-    deltas = finetune_batched(
+    n = len(prompts)
+    out: dict[int, Tensor] = {}
+
+    def evaluate(e: int, deltas: list[WeightDelta]) -> None:
+        dists = []
+        for p in range(len(orders)):
+            d = deltas[p * n : (p + 1) * n] if prompts.per_query_demos else deltas[p]
+            dists.append(run_finetuned(model, prompts, d, scratch=scratch).probs)
+        out[e] = torch.stack(dists)
+
+    finetune_batched_epochs(
         model,
-        stacked,
+        _stack_orderings(prompts, orders),
         method=method,
         lr=lr,
         epochs=epochs,
+        on_epoch=evaluate,
         seed=seed,
         layer=layer if method == "wv-layer" else None,
     )
-    n = len(prompts)
-    out = []
-    for p in range(len(orders)):
-        d = deltas[p * n : (p + 1) * n] if prompts.per_query_demos else deltas[p]
-        out.append(run_finetuned(model, prompts, d, scratch=scratch).probs)
-    return torch.stack(out)
+    return out
 
 
 def _summary(dists: Tensor) -> tuple[float, float]:
@@ -152,20 +177,14 @@ def order_experiment(
     rows = [
         {**base, "setting": "icl", "method": "", "epoch": 0, "order_sensitivity": mean, "se": se}
     ]
+    grid = epoch_grid(epochs)
     for method in methods:
-        for e in epoch_grid(epochs):
-            dists = ft_distributions(
-                model,
-                prompts,
-                orders,
-                method,
-                lr=lr[method],
-                epochs=e,
-                seed=seed,
-                layer=wv_layer,
-                scratch=scratch,
-            )
-            mean, se = _summary(dists)
+        by_epoch = ft_distributions_by_epoch(
+            model, prompts, orders, method, lr=lr[method], epochs=grid, seed=seed,
+            layer=wv_layer, scratch=scratch,
+        )
+        for e in grid:
+            mean, se = _summary(by_epoch[e])
             rows.append(
                 {
                     **base,

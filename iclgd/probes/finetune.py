@@ -29,7 +29,7 @@ kv, layer-causal, wv-layer). Conventions:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
@@ -115,8 +115,11 @@ def finetune(
         )
     stacked = TokenizedDemos(demonstrations.tokens[None], demonstrations.valid[None],
                              demonstrations.label_mask[None])
-    return _train(model, stacked, method=method, lr=lr, epochs=epochs, batch_size=batch_size,
-                  loss_on=loss_on, layer=layer, seed=seed, batched=False)[0]
+    out: list[WeightDelta] = []
+    _train(model, stacked, method=method, lr=lr, epochs=epochs, batch_size=batch_size,
+           loss_on=loss_on, layer=layer, seed=seed, batched=False, snapshots={epochs},
+           on_epoch=lambda _e, deltas: out.extend(deltas))
+    return out[0]
 
 
 def finetune_batched(
@@ -135,6 +138,34 @@ def finetune_batched(
     single-task `TokenizedDemos`, stacked with `stack_demos`), one `vmap(grad)` call per step
     over parameters stacked along the task axis. Returns one `WeightDelta` per task, equal to
     `finetune` on that task alone. Memory: `n_tasks` copies of the trained parameters."""
+    out: list[WeightDelta] = []
+    finetune_batched_epochs(
+        model, demonstrations_batch, method=method, lr=lr, epochs=[epochs],
+        on_epoch=lambda _e, deltas: out.extend(deltas), batch_size=batch_size, loss_on=loss_on,
+        layer=layer, seed=seed,
+    )
+    return out
+
+
+def finetune_batched_epochs(
+    model: Any,
+    demonstrations_batch: TokenizedDemos | Sequence[TokenizedDemos],
+    *,
+    method: str,
+    lr: float,
+    epochs: Sequence[int],
+    on_epoch: Callable[[int, list[WeightDelta]], None],
+    batch_size: int | None = None,
+    loss_on: str | None = None,
+    layer: int | None = None,
+    seed: int = 0,
+) -> None:
+    """`finetune_batched` observed after each epoch count in `epochs`, in one run of
+    `max(epochs)` epochs: calls `on_epoch(e, [WeightDelta per task])` as each count is reached,
+    each equal to a separate `finetune_batched(..., epochs=e)` (constant learning rate, fixed
+    batch order, Adam's bias correction by step: a run of e epochs is the first e epochs of the
+    longer run). The callback runs between epochs on the unmodified model (it may evaluate it);
+    only the current snapshot is held in memory."""
     demos = demonstrations_batch
     if not isinstance(demos, TokenizedDemos):
         demos = stack_demos(list(demos))
@@ -142,8 +173,11 @@ def finetune_batched(
         raise IclgdError(
             f"finetune_batched takes tokens [n_tasks, n_demos, seq], got {tuple(demos.tokens.shape)}"
         )
-    return _train(model, demos, method=method, lr=lr, epochs=epochs, batch_size=batch_size,
-                  loss_on=loss_on, layer=layer, seed=seed, batched=True)
+    if not epochs or min(epochs) < 1:
+        raise IclgdError(f"epochs must be >= 1, got {list(epochs)}")
+    _train(model, demos, method=method, lr=lr, epochs=max(epochs), batch_size=batch_size,
+           loss_on=loss_on, layer=layer, seed=seed, batched=True, snapshots=set(epochs),
+           on_epoch=on_epoch)
 
 
 @contextmanager
@@ -188,7 +222,10 @@ def _check_settings(lr: float, epochs: int, batch_size: int | None) -> None:
 def _train(
     model: Any, demos: TokenizedDemos, *, method: str, lr: float, epochs: int,
     batch_size: int | None, loss_on: str | None, layer: int | None, seed: int, batched: bool,
-) -> list[WeightDelta]:
+    snapshots: set[int], on_epoch: Callable[[int, list[WeightDelta]], None],
+) -> None:
+    """Train for `epochs`; after each epoch count in `snapshots` call `on_epoch(count, [delta
+    per task])` (outside any training hook, with the model's own weights untouched)."""
     spec = method_spec(method)
     _check_settings(lr, epochs, batch_size)
     loss_on = loss_on or spec.loss_on
@@ -221,13 +258,15 @@ def _train(
         if spec.optimizer == "adam" else {}
     losses: list[Tensor] = []
     step = 0
-    hooks = layer_causal_hooks(hf) if spec.layer_causal else nullcontext(None)
-    with torch.random.fork_rng(devices=[]), hooks as collected:
-        torch.manual_seed(seed)
-        step_fn = grad_and_value(make_loss(hf, frozen, collected))
-        if batched:
-            step_fn = vmap(step_fn)
-        for epoch in range(epochs):
+    rng = torch.Generator().manual_seed(seed).get_state()  # global RNG forked per epoch
+    for epoch in range(epochs):
+        # hooks and the forked RNG live per epoch, so `on_epoch` runs on the plain model
+        hooks = layer_causal_hooks(hf) if spec.layer_causal else nullcontext(None)
+        with torch.random.fork_rng(devices=[]), hooks as collected:
+            torch.set_rng_state(rng)
+            step_fn = grad_and_value(make_loss(hf, frozen, collected))
+            if batched:
+                step_fn = vmap(step_fn)
             for idx in batches:
                 seq = int(valid[:, idx].any(0).any(0).nonzero().max()) + 1
                 tok, tgt = tokens[:, idx, :seq], target[:, idx, :seq]
@@ -242,13 +281,16 @@ def _train(
                     raise IclgdError(f"{where}: the loss is not finite: lower the learning rate")
                 losses.append(loss.detach())
                 _update(params, grads, masks, state, spec.optimizer, lr, step, where)
-    per_step = torch.stack(losses, 1).cpu()  # [n_tasks, n_steps]
-    out = []
-    for t in range(n_tasks):
-        deltas = {n: ((p[t] if batched else p) - init[n]).detach() for n, p in params.items()}
-        out.append(WeightDelta(deltas, method, float(lr), epochs, bsz, loss_on, layer, seed,
-                               per_step[t].tolist()))
-    return out
+            rng = torch.get_rng_state()
+        if epoch + 1 in snapshots:
+            per_step = torch.stack(losses, 1).cpu()  # [n_tasks, n_steps]
+            on_epoch(epoch + 1, [
+                WeightDelta({n: ((p[t] if batched else p) - init[n]).detach()
+                             for n, p in params.items()},
+                            method, float(lr), epoch + 1, bsz, loss_on, layer, seed,
+                            per_step[t].tolist())
+                for t in range(n_tasks)
+            ])
 
 
 def _update(

@@ -6,7 +6,7 @@ import torch
 from iclgd.data.tasks import TokenizedDemos, demos_from_token_examples, stack_demos
 from iclgd.errors import IclgdError
 from iclgd.hooks import attention_weights, hf_module, load_model
-from iclgd.probes.finetune import applied, finetune, finetune_batched
+from iclgd.probes.finetune import applied, finetune, finetune_batched, finetune_batched_epochs
 
 V = 32
 
@@ -114,6 +114,34 @@ def test_batched_equals_loop(bridge):
             single = finetune(bridge, demos, method=method, lr=0.05)
             assert _max_diff(batched[t], single) < 1e-6
             assert batched[t].losses == pytest.approx(single.losses, abs=1e-6)
+
+
+@pytest.mark.parametrize("method", ["adam", "layer-causal"])
+def test_epoch_snapshots_equal_separate_runs_and_see_the_plain_model(bridge, method):
+    tasks = [_demos(20 + i, n=3, seq=7) for i in range(2)]
+    tok = _demos(30).tokens[:2]
+    with torch.no_grad():
+        plain = bridge(tok)
+    seen, logits_inside = {}, []
+
+    def on_epoch(e, deltas):
+        seen[e] = deltas
+        with torch.no_grad():  # no training hook is active between epochs
+            logits_inside.append(bridge(tok))
+
+    finetune_batched_epochs(bridge, tasks, method=method, lr=0.02, epochs=[1, 3, 4],
+                            on_epoch=on_epoch)
+    assert sorted(seen) == [1, 3, 4]
+    assert all(torch.equal(x, plain) for x in logits_inside)
+    for e in (1, 3, 4):
+        separate = finetune_batched(bridge, tasks, method=method, lr=0.02, epochs=e)
+        for got, want in zip(seen[e], separate, strict=True):
+            assert got.epochs == e and len(got.losses) == 3 * e
+            assert got.losses == want.losses
+            assert all(torch.equal(got.deltas[n], want.deltas[n]) for n in want.deltas)
+    with pytest.raises(IclgdError, match="epochs must be >= 1"):
+        finetune_batched_epochs(bridge, tasks, method="sgd", lr=0.1, epochs=[0, 2],
+                                on_epoch=on_epoch)
 
 
 def test_layer_causal_last_layer_matches_kv_first_does_not(bridge):
