@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -140,15 +141,14 @@ def _boot_folder(folder: Path, dev: torch.device, dt: torch.dtype, label: str | 
     from transformer_lens.model_bridge import TransformerBridge
 
     _quiet_transformers()
-    tokenizer = None
-    if not any((folder / f).exists() for f in _TOKENIZER_FILES):
-        tokenizer = id_tokenizer(_vocab_size(folder))
-    try:
-        bridge = TransformerBridge.boot_transformers(
-            str(folder), device=str(dev), dtype=dt, tokenizer=tokenizer
-        )
-    except Exception as err:  # corrupt weights, unsupported architecture, bad config
-        raise IclgdError(f"cannot load the model in {folder}: {_first_line(err)}") from err
+    has_tokenizer = any((folder / f).exists() for f in _TOKENIZER_FILES)
+    with nullcontext(None) if has_tokenizer else id_tokenizer(_vocab_size(folder)) as tokenizer:
+        try:
+            bridge = TransformerBridge.boot_transformers(
+                str(folder), device=str(dev), dtype=dt, tokenizer=tokenizer
+            )
+        except Exception as err:  # corrupt weights, unsupported architecture, bad config
+            raise IclgdError(f"cannot load the model in {folder}: {_first_line(err)}") from err
     check_finite(bridge, str(folder))
     return _finish(bridge, str(folder), label)
 
@@ -162,10 +162,11 @@ def _boot_module(hf_model: torch.nn.Module, dev: torch.device, dt: torch.dtype):
     name = getattr(cfg, "_name_or_path", "") or type(hf_model).__name__
     vocab = int(getattr(cfg, "vocab_size", 0) or 1)
     hf_model.config._attn_implementation = "eager"
-    bridge = TransformerBridge.boot_transformers(
-        name, hf_model=hf_model.to(device=dev, dtype=dt), device=str(dev), dtype=dt,
-        tokenizer=id_tokenizer(vocab),
-    )
+    with id_tokenizer(vocab) as tokenizer:
+        bridge = TransformerBridge.boot_transformers(
+            name, hf_model=hf_model.to(device=dev, dtype=dt), device=str(dev), dtype=dt,
+            tokenizer=tokenizer,
+        )
     check_finite(bridge, name)
     return _finish(bridge, f"in-memory {type(hf_model).__name__}", None)
 
@@ -243,12 +244,14 @@ def _vocab_size(folder: Path) -> int:
     return int(cfg.get("text_config", {}).get("vocab_size", 0)) or 1
 
 
-def id_tokenizer(vocab_size: int) -> Any:
-    """A tokenizer for folders saved without one: token `i` is the string `<i>`.
+@contextmanager
+def id_tokenizer(vocab_size: int) -> Iterator[Any]:
+    """A tokenizer for models saved without one, as a context: token `i` is the string `<i>`.
 
     Text like `"<3> <17> <5>"` encodes to `[3, 17, 5]`; models are usually fed token ids
-    directly anyway. Token 0 doubles as BOS/EOS/PAD/UNK. Saved to a temporary folder and loaded
-    back, so TransformerLens can re-open it by path.
+    directly anyway. Token 0 doubles as BOS/EOS/PAD/UNK. The tokenizer lives in a temporary
+    folder while the context is open (TransformerLens re-opens it by path while booting a model)
+    and the folder is removed on exit; the tokenizer object stays usable.
     """
     import tempfile
 
@@ -261,9 +264,9 @@ def id_tokenizer(vocab_size: int) -> Any:
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok, unk_token="<0>", bos_token="<0>", eos_token="<0>", pad_token="<0>"
     )
-    folder = tempfile.mkdtemp(prefix="iclgd-id-tokenizer-")
-    fast.save_pretrained(folder)
-    return AutoTokenizer.from_pretrained(folder)
+    with tempfile.TemporaryDirectory(prefix="iclgd-id-tokenizer-") as folder:
+        fast.save_pretrained(folder)
+        yield AutoTokenizer.from_pretrained(folder)
 
 
 def _first_line(err: BaseException) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
@@ -34,11 +36,16 @@ def test_model_info_llama_gqa(tiny_models):
 
 
 def test_folder_without_tokenizer_gets_id_tokenizer(tmp_path):
+    import tempfile
+
     from conftest import save_tiny
 
     folder = save_tiny(tmp_path / "m", "neox", tokenizer=False)
+    before = set(Path(tempfile.gettempdir()).glob("iclgd-id-tokenizer-*"))
     bridge = load_model(folder, device="cpu")
     assert bridge.tokenizer("<3> <5>")["input_ids"][-2:] == [3, 5]
+    # the tokenizer's temporary folder is gone once the model is loaded
+    assert set(Path(tempfile.gettempdir()).glob("iclgd-id-tokenizer-*")) <= before
 
 
 def test_native_config_dict():
