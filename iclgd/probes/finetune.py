@@ -164,8 +164,9 @@ def finetune_batched_epochs(
     `max(epochs)` epochs: calls `on_epoch(e, [WeightDelta per task])` as each count is reached,
     each equal to a separate `finetune_batched(..., epochs=e)` (constant learning rate, fixed
     batch order, Adam's bias correction by step: a run of e epochs is the first e epochs of the
-    longer run). The callback runs between epochs on the unmodified model (it may evaluate it);
-    only the current snapshot is held in memory."""
+    longer run). The callback runs between epochs on the unmodified model (it may evaluate it,
+    and must leave its weights as they were, as `applied` does); only the current snapshot is
+    held in memory."""
     demos = demonstrations_batch
     if not isinstance(demos, TokenizedDemos):
         demos = stack_demos(list(demos))
