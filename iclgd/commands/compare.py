@@ -73,8 +73,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "compare", help="ICL vs zero-shot vs finetuned: accuracy, overlap, SimAOU, SimAM, ΔW",
         description="Per number of demonstrations and finetuning method: ZS/ICL/FT accuracy, "
                     "token overlap and overlap cosine (with the ICL-reordered noise floor), "
-                    "SimAOU (normalised/raw, random baseline), SimAM, SimAM_Δ, Kendall τ, "
-                    "Rec2FTP and the ΔW comparison, per layer.")
+                    "SimAOU (normalised/raw, random baseline), SimAM, SimAM_Δ, Rec2FTP, Dai et "
+                    "al.'s training-token attention (Kendall τ-b and top-K recall over tokens and "
+                    "examples, random baselines; the dual-form τ variant), the same similarities "
+                    "in Dai's f2t mode, and the ΔW comparison, per layer.")
     add_common(p, methods="gd,sgd,adam,kv,layer-causal,wv-layer", demos="1,2,4,8", epochs=1)
     p.add_argument("--top-k", type=int, default=10, help="K of token overlap (default 10)")
     p.add_argument("--out", default="results/compare", help="output folder (default results/compare)")
@@ -172,7 +174,11 @@ def write_figures(out, rows, summary, *, title: str) -> None:
         "compare_simam.png": cp.plot_layer_metric(rows, "simam_after", n_demos=n_max,
                                                   baseline="simam_before"),
         "compare_simam_delta.png": cp.plot_layer_metric(rows, "simam_delta", n_demos=n_max),
-        "compare_kendall.png": cp.plot_layer_metric(rows, "kendall_tau", n_demos=n_max),
+        "compare_kendall.png": cp.plot_layer_metric(rows, "kendall_tau", n_demos=n_max,
+                                                    baseline="kendall_tau_random"),
+        "compare_topk_recall.png": cp.plot_layer_metric(rows, "topk_recall_examples",
+                                                        n_demos=n_max,
+                                                        baseline="topk_recall_examples_random"),
     }
     if any(r["metric"].startswith("dw_cosine") for r in rows):
         figs["compare_delta_w.png"] = cp.plot_layer_metric(
@@ -187,9 +193,10 @@ def print_summary(summary, out) -> None:
     """The summary as a fixed-width table."""
     cols = ("accuracy_zs", "accuracy_icl", "accuracy_ft", "token_overlap", "token_overlap_floor",
             "overlap_cosine", "simaou_norm", "simaou_random_norm", "simaou_raw", "simam_before",
-            "simam_after", "simam_delta", "kendall_tau", "rec2ftp", "dw_cosine")
+            "simam_after", "simam_delta", "kendall_tau", "kendall_tau_random", "rec2ftp",
+            "dw_cosine")
     short = ("zs", "icl", "ft", "TO", "TO_fl", "OCS", "AOU", "AOU_r", "AOUraw", "AM_bef", "AM_aft",
-             "AM_d", "tau", "rec2ftp", "dW_cos")
+             "AM_d", "tau", "tau_r", "rec2ftp", "dW_cos")
     print(f"{'model':<9} {'N':>3} {'method':<12}" + "".join(f" {s:>7}" for s in short))
     for r in summary:
         cells = []
