@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 
+CONTROLS = {"none": None, "untrained": "normal", "untrained-default-init": "default"}
+
 
 def parse_ints(text: str, what: str) -> list[int]:
     """`"1,2,4"` → `[1, 2, 4]`; a clear `IclgdError` otherwise."""
@@ -56,8 +58,12 @@ def add_common(p: argparse.ArgumentParser, *, methods: str, demos: str, epochs: 
     p.add_argument("--wv-layer", type=int, default=None,
                    help="layer whose W_V the wv-layer method trains (default: middle layer)")
     p.add_argument("--k", type=int, default=3, help="GINC example length (default 3)")
-    p.add_argument("--control", choices=("none", "untrained"), default="none",
-                   help="also run everything on a copy with attention/MLP weights re-initialised")
+    p.add_argument("--control", choices=tuple(CONTROLS), default="none",
+                   help="also run everything on a copy whose attention/MLP parameters are "
+                        "re-initialised (embeddings, norms, unembedding kept): 'untrained' draws "
+                        "weights ~ N(0, initializer_range^2) with zero biases; "
+                        "'untrained-default-init' uses the architecture's own initialisation "
+                        "(Deutch et al.'s variant). The choice is recorded in the provenance")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=1,
@@ -105,6 +111,20 @@ def load_for_experiment(args: argparse.Namespace) -> tuple:
     return model, sets, info, methods, lr
 
 
+def with_control(model, args: argparse.Namespace) -> tuple[list, dict]:
+    """`[("trained", model)]` plus `("untrained", control)` when `--control` asks for one, and
+    the provenance fields that describe the control."""
+    init = CONTROLS[args.control]
+    if init is None:
+        return [("trained", model)], {"control": "none"}
+    from iclgd.analyses.control import untrained_control
+
+    control = untrained_control(model, seed=args.seed, init=init)
+    return [("trained", model), ("untrained", control)], {
+        "control": args.control, "control_init": control.cfg.iclgd_control_init,
+        "control_seed": args.seed}
+
+
 def provenance_for(model, args: argparse.Namespace, **extra):
     """The provenance record of one run."""
     from iclgd.results import provenance
@@ -121,13 +141,10 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from iclgd.analyses.compare import compare_model, summarize
-    from iclgd.analyses.control import untrained_control
     from iclgd.results import to_json, write_csv, write_json
 
     model, sets, info, methods, lr = load_for_experiment(args)
-    models = [("trained", model)]
-    if args.control == "untrained":
-        models.append(("untrained", untrained_control(model, seed=args.seed)))
+    models, control = with_control(model, args)
     rows = []
     with tqdm(total=len(models) * len(sets) * len(methods), desc="compare", unit="run",
               leave=False, disable=None) as bar:
@@ -137,10 +154,9 @@ def run(args: argparse.Namespace) -> int:
                                   progress=lambda msg: (bar.set_postfix_str(msg), bar.update(1)))
     summary = summarize(rows)
     settings = {"demos": sorted(sets), "methods": methods, "lr": lr, "epochs": args.epochs,
-                "top_k": args.top_k, "control": args.control, "wv_layer": args.wv_layer,
-                **info}
+                "top_k": args.top_k, "wv_layer": args.wv_layer, **control, **info}
     out = Path(args.out)
-    prov = provenance_for(model, args, analysis="compare")
+    prov = provenance_for(model, args, analysis="compare", **control)
     write_csv(out / "compare.csv", rows)
     write_csv(out / "compare_summary.csv", summary)
     write_json(out / "compare.json", {"provenance": prov, "settings": settings,

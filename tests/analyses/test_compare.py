@@ -189,6 +189,8 @@ def test_compare_cli_end_to_end(tiny_models, tmp_path, capsys):
         assert (out / name).stat().st_size > 0, name
     saved = json.loads((out / "compare.json").read_text())
     assert saved["provenance"]["weight_processing"] == "raw"
+    assert saved["provenance"]["control"] == "untrained"
+    assert saved["provenance"]["control_init"].startswith("attention and MLP weights ~ N(0, 0.02^2)")
     assert saved["settings"]["n_queries"] == 3 and saved["settings"]["methods"] == ["gd", "kv"]
     header = (out / "compare.csv").read_text().splitlines()[0]
     assert header == "model,n_demos,method,metric,layer,value"
