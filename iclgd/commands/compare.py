@@ -89,18 +89,35 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+TASK_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv")
+
+
+def check_common(args: argparse.Namespace) -> None:
+    """The shared arguments that need no heavy import, checked first so bad input is answered
+    at once: the model and task paths, `--out`, `--demos`, `--lr`, `--threads`."""
+    from iclgd.errors import IclgdError
+    from iclgd.specs import check_input_file, check_model_spec, check_output_folder
+
+    check_model_spec(args.model)
+    if args.task != "ginc":
+        check_input_file(args.task, "--task", TASK_SUFFIXES)
+    check_output_folder(args.out)
+    parse_ints(args.demos, "--demos")
+    parse_lr(args.lr)
+    if args.threads is not None and args.threads < 1:
+        raise IclgdError(f"--threads must be >= 1, got {args.threads}")
+
+
 def load_for_experiment(args: argparse.Namespace) -> tuple:
     """Model, prompt sets, task info, methods and learning rates from the shared arguments."""
     import torch
 
     from iclgd.analyses.compare import check_methods, learning_rates
     from iclgd.analyses.prompt_sets import load_prompt_sets
-    from iclgd.errors import IclgdError
     from iclgd.hooks import load_model
 
+    check_common(args)
     if args.threads is not None:
-        if args.threads < 1:
-            raise IclgdError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     demos = parse_ints(args.demos, "--demos")
     methods = check_methods(args.methods.split(","))
@@ -136,6 +153,7 @@ def provenance_for(model, args: argparse.Namespace, **extra):
 
 def run(args: argparse.Namespace) -> int:
     """Run the comparison, write the results, print the summary."""
+    check_common(args)  # before the heavy imports
     from pathlib import Path
 
     from tqdm import tqdm

@@ -27,6 +27,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the order experiment, write the results, print the table."""
+    from iclgd.commands.compare import check_common
+
+    check_common(args)  # before the heavy imports
     from pathlib import Path
 
     import matplotlib.pyplot as plt

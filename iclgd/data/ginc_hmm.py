@@ -223,7 +223,7 @@ def load_ginc_config(folder: str | Path) -> GincConfig:
     """The `GincConfig` stored in `folder/ginc.json`."""
     path = Path(folder) / GINC_JSON
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found; pass a checkpoint folder written by `iclgd train ginc`")
+        raise IclgdError(f"{path} not found; pass a checkpoint folder written by `iclgd train ginc`")
     data = json.loads(path.read_text(encoding="utf-8"))
     if "ginc" not in data:
         raise IclgdError(f"{path} has no 'ginc' entry; it was not written by iclgd")

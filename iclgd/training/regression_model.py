@@ -147,7 +147,7 @@ def read_regression_metadata(folder: str | Path) -> dict[str, Any]:
     """The `regression_model.json` of a checkpoint folder."""
     path = Path(folder) / META_FILE
     if not path.exists():
-        raise FileNotFoundError(
+        raise IclgdError(
             f"{path} not found: not a regression checkpoint folder (train one with "
             "`iclgd train regression`)"
         )
