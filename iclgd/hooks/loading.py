@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from iclgd.errors import IclgdError
+from iclgd.results import read_json
 from iclgd.specs import CHECKPOINT_RE, check_model_folder, is_checkpoint_series, looks_like_path
 
 _DTYPES = {
@@ -220,9 +221,7 @@ def check_finite(model: Any, where: str) -> None:
 
 
 def _vocab_size(folder: Path) -> int:
-    import json
-
-    cfg = json.loads((folder / "config.json").read_text())
+    cfg = read_json(folder / "config.json")
     for key in ("vocab_size", "n_vocab", "padded_vocab_size"):
         if key in cfg:
             return int(cfg[key])
