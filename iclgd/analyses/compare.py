@@ -1,4 +1,4 @@
-"""ICL vs finetuning, layer by layer, with the controls that keep the numbers honest (REFERENCE §4).
+"""ICL vs finetuning, layer by layer, with the controls that keep the numbers honest.
 
 For every number of demonstrations N and finetuning method, the settings ZS (query alone), ICL
 (demonstrations + query) and FT (finetuned on the demonstrations, then run zero-shot) are
@@ -17,18 +17,23 @@ metrics that involve no finetuning, `layer` empty for whole-model metrics):
   (seeded random) order: the noise floor (trivially 1 for N = 1);
 - `rec2ftp` — `#(ZS wrong, FT right, ICL right) / #(ZS wrong, FT right)` (Dai; empty when no
   query has ZS wrong and FT right);
-- per layer: `simaou_norm` (Dai: unit-normalised before subtracting) and `simaou_raw`
-  (Deutch: raw differences), with `simaou_random_norm` / `simaou_random_raw` (FT update replaced
-  by U[0,1)^d, Dai's random baseline); `simam_after` (ICL vs FT) and `simam_before` (ZS vs ICL,
-  Dai's baseline) on pre-softmax scores over the query tokens, `simam_delta` (Deutch:
-  cos(a_ICL − a_ZS, a_FT − a_ZS));
-- per layer `kendall_tau` (Dai): τ-a between ICL's attention to the demonstration tokens
-  (softmax probabilities from the answer position, mean over heads) and FT's attention to its
-  training tokens, read as Dai's dual form does: FT's update of a linear layer acting on the
-  query, `ΔW x_q = Σ_t e_t (x'_t · x_q)`, weights training token `t` by the linear-attention
-  score `x'_t · x_q`, with `x'_t` = the attention block's normalised input at training token `t`
+- per layer: `simaou_norm` (unit-normalised before subtracting: what Dai's and Deutch et al.'s
+  code compute) and `simaou_raw` (raw differences), with `simaou_random_norm` /
+  `simaou_random_raw` (FT update replaced by U[0,1)^d, Dai's random baseline); `simam_after` (ICL
+  vs FT) and `simam_before` (ZS vs ICL, Dai's baseline) on pre-softmax scores over the query
+  tokens, `simam_delta` (Deutch: cos(a_ICL − a_ZS, a_FT − a_ZS));
+- per layer, Dai's training-token attention in their exact recipe
+  (`iclgd.analyses.compare_dai`): `kendall_tau` (τ-b, token level), `topk_recall_tokens` (K =
+  100), `kendall_tau_examples`, `topk_recall_examples` (K = 5), each with `..._random`;
+- per layer `kendall_tau_dual_form`, iclgd's variant of the same question: τ-b between ICL's
+  attention probabilities to the demonstration tokens (softmax from the answer position, mean
+  over heads, every token) and the linear-attention score `x'_t · x_q` that Dai's dual form
+  gives training token `t` (FT's update of a linear layer acting on the query, `ΔW x_q = Σ_t e_t
+  (x'_t · x_q)`), with `x'_t` = the attention block's normalised input at training token `t`
   (each demonstration run as its own sequence) and `x_q` the same at the query's answer
   position, both under the finetuned weights;
+- Dai's f2t mode (`iclgd.analyses.compare_dai`): the SimAOU and SimAM rows again, over the
+  queries with ZS wrong and FT and ICL right only (`..._f2t`), and their count `n_f2t`;
 - per layer `dw_*` — the weight-space comparison of the implied `ΔW_ICL` with the actual
   `ΔW_FT` (`iclgd.analyses.compare_dw`).
 
@@ -44,6 +49,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from iclgd.analyses.compare_dai import dai_metrics
 from iclgd.analyses.runs import (
     PromptSet,
     RunCapture,
@@ -81,6 +87,22 @@ SUMMARY_METRICS = (
     "simam_after",
     "simam_delta",
     "kendall_tau",
+    "kendall_tau_random",
+    "topk_recall_tokens",
+    "topk_recall_tokens_random",
+    "kendall_tau_examples",
+    "kendall_tau_examples_random",
+    "topk_recall_examples",
+    "topk_recall_examples_random",
+    "kendall_tau_dual_form",
+    "n_f2t",
+    "simaou_norm_f2t",
+    "simaou_raw_f2t",
+    "simaou_random_norm_f2t",
+    "simaou_random_raw_f2t",
+    "simam_before_f2t",
+    "simam_after_f2t",
+    "simam_delta_f2t",
 )
 
 
@@ -161,8 +183,8 @@ def setting_metrics(
 
 def layer_metrics(zs: RunCapture, icl: RunCapture, ft: RunCapture) -> dict[str, Tensor]:
     """Per-layer ICL-vs-FT similarities `[n_layers]`, averaged over heads then queries:
-    SimAOU (normalised and raw), SimAM after, SimAM_Δ, and Kendall τ (needs `icl.demo_attention`
-    and FT's `attn_in` / `demo_inputs`; NaN otherwise)."""
+    SimAOU (normalised and raw), SimAM after, SimAM_Δ, and the dual-form Kendall τ variant
+    (needs `icl.demo_attention` and FT's `attn_in` / `demo_inputs`; NaN otherwise)."""
     out = {
         "simaou_norm": _mean(
             metrics.simaou(icl.attn_out, zs.attn_out, ft.attn_out, normalize=True)
@@ -175,14 +197,15 @@ def layer_metrics(zs: RunCapture, icl: RunCapture, ft: RunCapture) -> dict[str, 
             metrics.simam_delta(icl.query_scores, zs.query_scores, ft.query_scores).mean(-1)
         ),
     }
-    out["kendall_tau"] = kendall_per_layer(icl, ft)
+    out["kendall_tau_dual_form"] = kendall_per_layer(icl, ft)
     return out
 
 
 def kendall_per_layer(icl: RunCapture, ft: RunCapture) -> Tensor:
-    """Kendall τ per layer between ICL's head-averaged attention to the demonstration tokens
-    and FT's dual-form attention `x'_t · x_q` to its training tokens (module docstring),
-    averaged over queries. Values within 1e-9 (relative to the row's largest) count as ties. `[n_layers]`; NaN when either side is missing or lengths differ."""
+    """iclgd's dual-form Kendall τ-b per layer between ICL's head-averaged attention to the
+    demonstration tokens and FT's dual-form attention `x'_t · x_q` to its training tokens (module
+    docstring), averaged over queries. Values within 1e-9 (relative to the row's largest) count
+    as ties. `[n_layers]`; NaN when either side is missing or lengths differ."""
     n_layers = icl.attn_out.shape[1]
     if icl.demo_attention is None or ft.attn_in is None or ft.demo_inputs is None:
         return torch.full((n_layers,), float("nan"), dtype=torch.float64)
@@ -268,6 +291,7 @@ def compare_model(
     n_layers = int(model.cfg.n_layers)
     wv_layer = n_layers // 2 if wv_layer is None else wv_layer
     gen = torch.Generator().manual_seed(seed)
+    dai_gen = torch.Generator().manual_seed(seed + (1 << 32))  # compare_dai's random baselines
     scratch = ScratchModel(model)
     rows: list[dict[str, Any]] = []
 
@@ -314,6 +338,8 @@ def compare_model(
                 add(n, method, metric, value)
             for metric, values in layer_metrics(zs, icl, ft).items():
                 add_layers(n, method, metric, values)
+            for metric, value in dai_metrics(zs, icl, ft, prompts, generator=dai_gen).items():
+                (add_layers if isinstance(value, Tensor) else add)(n, method, metric, value)
             if dw is not None:
                 for r in dw.rows(deltas):
                     add(n, method, r["metric"], r["value"], r["layer"])

@@ -145,7 +145,8 @@ def build_report(root: str | Path) -> Path:
                      "token_overlap", "token_overlap_floor", "overlap_cosine",
                      "overlap_cosine_floor", "simaou_norm", "simaou_random_norm", "simaou_raw",
                      "simaou_random_raw", "simam_after", "simam_before", "simam_delta", "rec2ftp",
-                     "kendall_tau", "dw_cosine", "dw_norm_ratio"], root),
+                     "kendall_tau", "kendall_tau_random", "topk_recall_examples",
+                     "topk_recall_examples_random", "dw_cosine", "dw_norm_ratio"], root),
         csv_section("Order sensitivity", "ICL reorders the prompt; each GD variant finetunes on "
                     "the demonstrations in that order. Full-batch GD is order-invariant.",
                     root / "order" / "order.csv",

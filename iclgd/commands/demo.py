@@ -53,6 +53,9 @@ def steps(out: Path, device: str, seed: int, quick: bool) -> list[tuple[str, Pat
 
 def run(args: argparse.Namespace) -> int:
     """Run every step not yet done, then write the report."""
+    from iclgd.specs import check_output_folder
+
+    check_output_folder(args.out)  # before the heavy imports
     import contextlib
     import io
 

@@ -18,6 +18,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Measure and print density of every attention/MLP matrix on raw weights."""
+    from iclgd.specs import check_model_spec, check_output_folder
+
+    check_model_spec(args.model)  # before the heavy imports: bad paths are answered at once
+    if args.out:
+        check_output_folder(args.out)
     from iclgd.analyses.density import density_report
     from iclgd.hooks import load_model
     from iclgd.results import provenance, to_json, write_csv, write_json

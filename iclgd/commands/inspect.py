@@ -19,8 +19,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Print the model's architecture summary."""
+    from iclgd.specs import check_model_spec, is_checkpoint_series
+
+    check_model_spec(args.model)  # before the heavy imports: bad paths are answered at once
     from iclgd.hooks import list_checkpoints, load_model, model_info
-    from iclgd.hooks.loading import is_checkpoint_series
 
     model = load_model(args.model, device=args.device, checkpoint=args.checkpoint)
     info = {"model": args.model, "checkpoint": model.cfg.iclgd_checkpoint, **model_info(model)}

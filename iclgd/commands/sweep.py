@@ -56,6 +56,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the sweep; print a one-line summary (or JSON) and return 0."""
+    from iclgd.specs import check_model_spec, check_output_folder
+
+    check_model_spec(args.source)  # before the heavy imports: bad paths are answered at once
+    check_output_folder(args.out)
     from iclgd.analyses.sweep import SweepSettings, run_sweep
     from iclgd.errors import IclgdError
     from iclgd.results import to_json

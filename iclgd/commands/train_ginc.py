@@ -51,6 +51,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from iclgd.specs import check_output_folder
+
+    check_output_folder(args.out)  # before the heavy imports
     from dataclasses import replace
 
     from iclgd.data.ginc_hmm import load_ginc_world

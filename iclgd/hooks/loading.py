@@ -25,6 +25,8 @@ from iclgd.hooks.named_models import (
     is_named_model,
     named_model_provenance,
 )
+from iclgd.results import read_json
+from iclgd.specs import CHECKPOINT_RE, check_model_folder, is_checkpoint_series, looks_like_path
 
 _DTYPES = {
     "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
@@ -33,7 +35,6 @@ _DTYPES = {
     "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
 }
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
-CHECKPOINT_RE = re.compile(r"^(?:step|checkpoint-|global_step)(\d+)$")
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -56,15 +57,6 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
     if key not in _DTYPES:
         raise IclgdError(f"unknown dtype {dtype!r}: use one of float32, float64, bfloat16, float16")
     return _DTYPES[key]
-
-
-def is_checkpoint_series(path: Path) -> bool:
-    """True for a folder without config.json whose subfolders are named step{N}/..."""
-    return (
-        path.is_dir()
-        and not (path / "config.json").exists()
-        and any(CHECKPOINT_RE.match(p.name) and p.is_dir() for p in path.iterdir())
-    )
 
 
 def load_model(
@@ -122,8 +114,7 @@ def load_model(
 def _load_local(path: Path, dev: torch.device, dt: torch.dtype, checkpoint: str | int | None):
     from iclgd.hooks.checkpoints import list_checkpoints, select_checkpoint
 
-    if not path.is_dir():
-        raise IclgdError(f"{path} is a file: pass a Hugging Face model folder (with config.json)")
+    check_model_folder(path)
     if is_checkpoint_series(path):
         label, _step, folder = select_checkpoint(list_checkpoints(path), checkpoint, path)
         return _boot_folder(folder, dev, dt, label)
@@ -131,11 +122,6 @@ def _load_local(path: Path, dev: torch.device, dt: torch.dtype, checkpoint: str 
         raise IclgdError(
             f"{path} is a single model folder, not a checkpoint series: drop --checkpoint "
             "or pass the series folder that holds step{N}/ subfolders"
-        )
-    if not (path / "config.json").exists():
-        raise IclgdError(
-            f"{path} has no config.json: pass a Hugging Face model folder "
-            "(save_pretrained output) or a folder of step{N}/ checkpoints"
         )
     return _boot_folder(path, dev, dt, None)
 
@@ -194,7 +180,7 @@ def _boot_module(hf_model: torch.nn.Module, dev: torch.device, dt: torch.dtype):
 def _load_hub(name: str, dev: torch.device, dt: torch.dtype, checkpoint: str | int | None):
     from transformer_lens.model_bridge import TransformerBridge
 
-    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+    if looks_like_path(name):
         raise IclgdError(f"unknown model {name!r}: no such folder")
     kwargs: dict[str, Any] = {}
     if checkpoint is not None:
@@ -255,9 +241,7 @@ def check_finite(model: Any, where: str) -> None:
 
 
 def _vocab_size(folder: Path) -> int:
-    import json
-
-    cfg = json.loads((folder / "config.json").read_text())
+    cfg = read_json(folder / "config.json")
     for key in ("vocab_size", "n_vocab", "padded_vocab_size"):
         if key in cfg:
             return int(cfg[key])
