@@ -56,7 +56,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the sweep; print a one-line summary (or JSON) and return 0."""
-    from iclgd.analyses.sweep import SweepSettings, run_sweep
+    from iclgd.analyses.sweep import SweepSettings, last_checkpoint_verdict, run_sweep
     from iclgd.errors import IclgdError
     from iclgd.results import to_json
 
@@ -94,6 +94,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(f"swept {len(result.rows)} checkpoint(s) into {result.out}"
               + (f"; failed: {', '.join(errors)}" if errors else ""))
+        verdict = last_checkpoint_verdict(result.rows)
+        if verdict:
+            print(verdict)
     if errors:
         print(f"iclgd sweep: {len(errors)} checkpoint(s) failed: {', '.join(errors)} "
               "(rows with 'error'; rerun with --retry-errors)", file=sys.stderr)

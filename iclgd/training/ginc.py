@@ -16,6 +16,12 @@ Training runs the attention through PyTorch SDPA (`train_attention`, 17 % less C
 on the default model, same result to float tolerance); checkpoints are saved with eager attention
 so the analyses can read attention patterns.
 
+Reproducibility: a fixed thread count (`threads`, default 1) and, with `deterministic=True`,
+`torch.use_deterministic_algorithms` for the duration of training; a rerun on the same machine
+writes the same weights. Across machines the CPU's instruction set still changes the float
+kernels (ATen dispatches AVX2 or AVX-512 code, `ATEN_CPU_CAPABILITY`), so trajectories and the
+final in-context gain differ like different seeds do; the summary records the capability used.
+
 Two stopping rules: a fixed `steps` count (schedule progress = step / steps) or a wall-clock
 `time_budget` in seconds (progress = training seconds / budget, checkpoints at log-spaced
 fractions of the budget; the step count is whatever fits and is recorded in train_log.csv).
@@ -69,6 +75,7 @@ class GincTrainConfig:
     doc_length: int = 10240
     log_every: int = 25
     train_attention: str = "sdpa"  # attention kernel while training; checkpoints are saved eager
+    deterministic: bool = True  # torch.use_deterministic_algorithms while training
     ginc: GincConfig = field(default_factory=GincConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -198,21 +205,50 @@ def _json_files(cfg: GincTrainConfig, step: int) -> dict[str, Any]:
     return {"ginc.json": {"ginc": cfg.ginc.to_dict(), "train": cfg.to_dict(), "step": step}}
 
 
+def determinism_record() -> dict[str, Any]:
+    """The settings that decide whether a CPU run is bit-reproducible: torch threads,
+    deterministic-algorithms flag, the ATen CPU kernel set (AVX2 / AVX-512 / ...) and versions."""
+    import platform
+
+    import torch
+
+    return {"threads": torch.get_num_threads(),
+            "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "machine": platform.machine(), "processor": platform.processor() or None,
+            "torch": torch.__version__}
+
+
 def train_ginc(out: str | Path, cfg: GincTrainConfig | None = None, *, progress: bool = True,
                stop_after_steps: int | None = None) -> dict[str, Any]:
     """Train (or resume) into `out`; returns a summary dict (steps, wall seconds of training,
-    process-CPU seconds of this call's training loop, final loss, last checkpoint).
+    process-CPU seconds of this call's training loop, final loss, last checkpoint, and
+    `determinism`: `determinism_record()` during training).
     `stop_after_steps` ends the call early after that many new steps without a final checkpoint
-    (simulates a killed run; used by tests)."""
+    (simulates a killed run; used by tests). The thread count stays set afterwards; the
+    deterministic-algorithms flag is restored."""
     import torch
-    import torch.nn.functional as F
 
     cfg = cfg or GincTrainConfig()
     if cfg.steps is None and cfg.time_budget is None:
         raise IclgdError("give either steps or time_budget")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    out = Path(out)
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(cfg.deterministic)
+    try:
+        record = determinism_record()
+        summary = _train(Path(out), cfg, progress, stop_after_steps)
+    finally:
+        torch.use_deterministic_algorithms(was_deterministic)
+    return {**summary, "determinism": record}
+
+
+def _train(out: Path, cfg: GincTrainConfig, progress: bool,
+           stop_after_steps: int | None) -> dict[str, Any]:
+    import torch
+    import torch.nn.functional as F
+
     out.mkdir(parents=True, exist_ok=True)
     ckpt.remove_stale_temporaries(out)
     device = resolve_device(cfg.device)
