@@ -7,7 +7,9 @@ for every checkpoint of a series, in step order, one row with
   in-distribution concepts, k = 3) and `bayes_accuracy` / `bayes_accuracy_se`, the exact
   Bayes-ideal ceiling on the same prompts, with `pretrained_bayes_accuracy` (/ `_se`), the
   exact pretraining-view predictor (a perfectly fitted pretrained LM); every prompt set under
-  `icl_accuracy_by_task`;
+  `icl_accuracy_by_task` (each with its `gain`);
+- `icl_gain` (fewest → most examples of the default set, `icl_gain_n`), `icl_gain_se`,
+  `icl_gain_ci95_low` / `_high` and `icl_emerged` (lower 95 % bound above 0; `iclgd.probes.icl.icl_gain`);
 - `icl_score` (+ `icl_score_positions`), Olsson's late-minus-early loss;
 - induction heads: best heads by prefix matching (with their copying scores) and by copying,
   plus the full `[n_layers, n_heads]` score tables;
@@ -43,6 +45,7 @@ import torch
 from iclgd.errors import IclgdError
 from iclgd.probes.density import DEFAULT_THRESHOLDS, fractions_below, hoyer, threshold_key
 from iclgd.probes.drift import layer_matrices, weight_drift
+from iclgd.probes.icl import gain_verdict
 from iclgd.results import append_jsonl_atomic, atomic_write_text, provenance, write_csv, write_json
 
 SWEEP_TASKS = ("icl", "icl_score", "induction", "density", "drift")
@@ -411,6 +414,20 @@ def run_sweep(
 
         files += save_sweep_plots(rows, out)
     return SweepResult(rows, out, files)
+
+
+def last_checkpoint_verdict(rows: list[dict[str, Any]]) -> str | None:
+    """The ICL verdict (`iclgd.probes.icl.gain_verdict`) of the last checkpoint with a gain."""
+    good = [r for r in rows if "error" not in r and "icl_emerged" in r]
+    if not good:
+        return None
+    r = max(good, key=lambda r: r["step"])
+    lo, hi = r["icl_gain_n"]
+    gain = {"n_from": lo, "n_to": hi, "gain": r["icl_gain"], "gain_se": r["icl_gain_se"],
+            "gain_ci95_low": r["icl_gain_ci95_low"],
+            "gain_ci95_high": r["icl_gain_ci95_high"],
+            "icl_emerged": r["icl_emerged"]}
+    return f"{r['checkpoint']}: " + gain_verdict(gain, r.get("icl_task", ""))
 
 
 def _drift_prev(

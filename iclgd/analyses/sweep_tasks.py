@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from iclgd.errors import IclgdError
-from iclgd.probes.icl import IclPrompts, icl_accuracy, icl_score
+from iclgd.probes.icl import IclPrompts, icl_accuracy, icl_gain, icl_score
 from iclgd.probes.induction import induction_scores
 
 
@@ -207,6 +207,8 @@ class SweepTasks:
                         str(n): pretrained[n][1] for n in acc.n_values
                     },
                 }
+                if len(acc.n_values) > 1:
+                    by_task[spec.name]["gain"] = icl_gain(acc.accuracy, acc.se).to_dict()
             first = by_task[self._sets[0][0].name]
             row.update(
                 {
@@ -220,6 +222,13 @@ class SweepTasks:
                     "icl_accuracy_by_task": by_task,
                 }
             )
+            if "gain" in first:
+                g = first["gain"]
+                row.update({"icl_gain": g["gain"], "icl_gain_se": g["gain_se"],
+                            "icl_gain_ci95_low": g["gain_ci95_low"],
+                            "icl_gain_ci95_high": g["gain_ci95_high"],
+                            "icl_gain_n": [g["n_from"], g["n_to"]],
+                            "icl_emerged": g["icl_emerged"]})
         if "icl_score" in self.names:
             sc = icl_score(model, self._score_tokens, batch_size=max(1, st.batch_size // 2))
             row.update(

@@ -34,7 +34,8 @@ def steps(out: Path, device: str, seed: int, quick: bool) -> list[tuple[str, Pat
     order = ["order", "--model", str(ginc), "--task", "ginc", "--out", str(out / "order"),
              "--device", device, "--seed", s]
     if quick:
-        train += ["--steps", "20", "--checkpoints", "3", "--layers", "1", "--d-model", "32"]
+        train += ["--steps", "20", "--checkpoints", "3", "--layers", "1", "--d-model", "32",
+                  "--eval-prompts", "50"]
         sweep += ["--n-prompts", "16", "--n-values", "0,2,8", "--score-seqs", "4",
                   "--induction-seqs", "4"]
         compare += ["--demos", "1,2", "--queries", "4", "--methods", "gd,kv"]

@@ -37,7 +37,8 @@ def run(args: argparse.Namespace) -> int:
         write_csv(out / "density.csv", [
             {"layer": r["layer"], "name": r["name"], "shape": "x".join(map(str, r["shape"])),
              **{f"below_{k}": v for k, v in r["fraction_below"].items()},
-             "hoyer": r["hoyer"], "stable_rank": r["stable_rank"]}
+             "hoyer": r["hoyer"], "stable_rank": r["stable_rank"],
+             **{k: r[k] for k in ("grid_type", "grid_step_min", "grid_step_median") if k in r}}
             for r in report["matrices"]
         ])
         write_json(out / "provenance.json", provenance(
@@ -59,4 +60,9 @@ def run(args: argparse.Namespace) -> int:
     s = report["summary"]["all"]
     print(f"{'all':>5} {'mean':<7} {'':<14}" + "".join(f" {s['fraction_below'][k]:>8.4f}" for k in keys)
           + f" {s['hoyer']:>7.4f} {s['stable_rank']:>7.2f}")
+    limited = report["summary"].get("grid_limited_thresholds")
+    if limited:
+        print(f"weights dequantised from {report['quantisation']}: thresholds "
+              f"{', '.join(limited)} lie below half of every block's quantisation step, so "
+              "those columns describe the grid, not the model's weights")
     return 0

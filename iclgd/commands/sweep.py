@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
 
     check_model_spec(args.source)  # before the heavy imports: bad paths are answered at once
     check_output_folder(args.out)
-    from iclgd.analyses.sweep import SweepSettings, run_sweep
+    from iclgd.analyses.sweep import SweepSettings, last_checkpoint_verdict, run_sweep
     from iclgd.errors import IclgdError
     from iclgd.results import to_json
 
@@ -98,6 +98,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(f"swept {len(result.rows)} checkpoint(s) into {result.out}"
               + (f"; failed: {', '.join(errors)}" if errors else ""))
+        verdict = last_checkpoint_verdict(result.rows)
+        if verdict:
+            print(verdict)
     if errors:
         print(f"iclgd sweep: {len(errors)} checkpoint(s) failed: {', '.join(errors)} "
               "(rows with 'error'; rerun with --retry-errors)", file=sys.stderr)
