@@ -41,6 +41,7 @@ from iclgd.analyses.scratch import ScratchModel
 from iclgd.data.tasks import TokenizedDemos, TokenizedTask
 from iclgd.errors import IclgdError
 from iclgd.hooks import capture
+from iclgd.hooks.batching import BatchSize, model_device, run_batched
 
 DEFAULT_BATCH = 32
 
@@ -236,13 +237,14 @@ def run_prompts(
     setting: str,
     demo_attention: bool = False,
     attn_in: bool = False,
-    batch_size: int = DEFAULT_BATCH,
+    batch_size: BatchSize = DEFAULT_BATCH,
 ) -> RunCapture:
     """Capture the answer-position activations of `task`'s prompts (see the module docstring).
 
     `query_len [batch]` = each query's own token count; `demo_attention` also keeps the
     attention probabilities to the demonstration tokens (needs demonstrations), `attn_in` the
-    attention blocks' normalised inputs. Rows run in batches of `batch_size`.
+    attention blocks' normalised inputs. Rows run in batches of `batch_size` (an int, or
+    `"auto"`/`AutoBatch`: halved on GPU out-of-memory).
     """
     n_layers = int(model.cfg.n_layers)
     names = _names(n_layers, pattern=demo_attention, attn_in=attn_in)
@@ -254,9 +256,10 @@ def run_prompts(
     if query_len.shape != (len(task),):
         raise IclgdError(f"query_len must have one entry per prompt ({len(task)})")
     q_max = int(query_len.max())
-    parts: dict[str, list[Tensor]] = {k: [] for k in ("out", "scores", "pattern", "in", "logits")}
-    for lo in range(0, len(task), batch_size):
-        rows = torch.arange(lo, min(lo + batch_size, len(task)))
+
+    def step(lo: int, hi: int) -> dict[str, Tensor]:
+        rows = torch.arange(lo, hi)
+        chunk: dict[str, Tensor] = {}
         width = int(task.lengths[rows].max())
         got = capture(
             model,
@@ -265,9 +268,7 @@ def run_prompts(
             positions=task.answer_pos[rows],
             return_logits=True,
         )
-        parts["out"].append(
-            torch.stack([got[f"blocks.{i}.hook_attn_out"] for i in range(n_layers)], 1)
-        )
+        chunk["out"] = torch.stack([got[f"blocks.{i}.hook_attn_out"] for i in range(n_layers)], 1)
         scores = torch.stack([got[f"blocks.{i}.attn.hook_attn_scores"] for i in range(n_layers)], 1)
         # query token j of row b sits at answer_pos - query_len + 1 + j
         offs = torch.arange(q_max)
@@ -275,20 +276,24 @@ def run_prompts(
         pos = (first[:, None] + offs[None, :]).clamp(max=scores.shape[-1] - 1)
         keep = offs[None, :] < query_len[rows, None]
         picked = scores.gather(-1, pos[:, None, None, :].expand(*scores.shape[:3], q_max))
-        parts["scores"].append(
-            torch.where(keep[:, None, None, :], picked, torch.zeros_like(picked))
-        )
+        chunk["scores"] = torch.where(keep[:, None, None, :], picked, torch.zeros_like(picked))
         if demo_attention:
             pat = torch.stack([got[f"blocks.{i}.attn.hook_pattern"] for i in range(n_layers)], 1)
             dpos = starts[rows, None] + torch.arange(n_demo_tok)[None, :]
-            parts["pattern"].append(
-                pat.gather(-1, dpos[:, None, None, :].expand(*pat.shape[:3], n_demo_tok))
+            chunk["pattern"] = pat.gather(
+                -1, dpos[:, None, None, :].expand(*pat.shape[:3], n_demo_tok)
             )
         if attn_in:
-            parts["in"].append(
-                torch.stack([got[f"blocks.{i}.ln1.hook_out"] for i in range(n_layers)], 1)
+            chunk["in"] = torch.stack(
+                [got[f"blocks.{i}.ln1.hook_out"] for i in range(n_layers)], 1
             )
-        parts["logits"].append(got["logits"])
+        chunk["logits"] = got["logits"]
+        return chunk
+
+    chunks = run_batched(len(task), batch_size, step, default=DEFAULT_BATCH,
+                         device=model_device(model), what=f"{setting} capture")
+    parts = {k: [c[k] for c in chunks if k in c] for k in ("out", "scores", "pattern", "in")}
+    parts["logits"] = [c["logits"] for c in chunks]
     return RunCapture(
         setting=setting,
         attn_out=torch.cat(parts["out"]),
@@ -301,14 +306,18 @@ def run_prompts(
     )
 
 
-def run_zero_shot(model: Any, prompts: PromptSet, *, batch_size: int = DEFAULT_BATCH) -> RunCapture:
+def run_zero_shot(
+    model: Any, prompts: PromptSet, *, batch_size: BatchSize = DEFAULT_BATCH
+) -> RunCapture:
     """ZS: the queries alone; also keeps the attention inputs (`attn_in`) for Kendall τ."""
     return run_prompts(
         model, prompts.zs, prompts.query_len, setting="zs", attn_in=True, batch_size=batch_size
     )
 
 
-def run_icl(model: Any, prompts: PromptSet, *, batch_size: int = DEFAULT_BATCH) -> RunCapture:
+def run_icl(
+    model: Any, prompts: PromptSet, *, batch_size: BatchSize = DEFAULT_BATCH
+) -> RunCapture:
     """ICL: demonstrations + query; also keeps the attention to the demonstration tokens."""
     return run_prompts(
         model,
@@ -328,7 +337,7 @@ def run_finetuned(
     *,
     scratch: ScratchModel | None = None,
     kendall: bool = False,
-    batch_size: int = DEFAULT_BATCH,
+    batch_size: BatchSize = DEFAULT_BATCH,
 ) -> RunCapture:
     """FT: the ZS prompts on the model with the finetuning update added (caller's model intact).
 
@@ -401,7 +410,7 @@ def concat_runs(runs: Sequence[RunCapture]) -> RunCapture:
 
 
 def demo_attention_inputs(
-    model: Any, demos: TokenizedDemos, *, batch_size: int = DEFAULT_BATCH
+    model: Any, demos: TokenizedDemos, *, batch_size: BatchSize = DEFAULT_BATCH
 ) -> Float[Tensor, "... n_layers n_tokens d_model"]:
     """The attention blocks' normalised inputs (`blocks.{l}.ln1.hook_out`) at every real token
     of the demonstrations, each run as its own sequence by the model before finetuning: the
@@ -413,10 +422,13 @@ def demo_attention_inputs(
     flat_tok = demos.tokens.reshape(-1, demos.tokens.shape[-1])
     flat_valid = demos.valid.reshape(-1, demos.tokens.shape[-1])
     names = [f"blocks.{i}.ln1.hook_out" for i in range(n_layers)]
-    chunks = []
-    for lo in range(0, flat_tok.shape[0], batch_size):
-        got = capture(model, flat_tok[lo : lo + batch_size], names)
-        chunks.append(torch.stack([got[n] for n in names], 1))  # [b, n_layers, seq, d_model]
+
+    def step(lo: int, hi: int) -> Tensor:
+        got = capture(model, flat_tok[lo:hi], names)
+        return torch.stack([got[n] for n in names], 1)  # [b, n_layers, seq, d_model]
+
+    chunks = run_batched(flat_tok.shape[0], batch_size, step, default=DEFAULT_BATCH,
+                         device=model_device(model), what="demonstration capture")
     acts = torch.cat(chunks).reshape(*lead, demos.n_demos, n_layers, flat_tok.shape[-1], -1)
     valid = flat_valid.reshape(*lead, demos.n_demos, -1)
     counts = valid.reshape(-1, demos.n_demos * valid.shape[-1]).sum(-1)

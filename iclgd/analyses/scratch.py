@@ -16,6 +16,7 @@ from torch import Tensor
 from iclgd.errors import IclgdError
 from iclgd.hooks import hf_state_dict
 from iclgd.hooks.checkpoints import refresh_split_weights
+from iclgd.hooks.precision import widen
 
 
 def delta_tensors(delta: Any) -> dict[str, Tensor]:
@@ -89,5 +90,7 @@ class ScratchModel:
                 raise IclgdError(
                     f"the finetuning update of {name} is not finite: lower the learning rate"
                 )
-            params[name] = self.base[name] + d.to(self.base[name].device, self.base[name].dtype)
+            base = self.base[name]
+            wide = widen(base)  # bf16/fp16 weights: W_before + ΔW summed in float32, rounded once
+            params[name] = (wide + d.to(wide.device, wide.dtype)).to(base.dtype)
         return self.load_params(params)
