@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,9 +55,12 @@ def shard_commands(
     return lines, folders
 
 
-def merge_command(folders: Sequence[str | Path], out: str | Path) -> list[str]:
-    """The `iclgd merge` command line combining `folders` into `out`."""
-    return ["merge", *(str(f) for f in folders), "--out", str(out)]
+def merge_command(
+    folders: Sequence[str | Path], out: str | Path, *options: str
+) -> list[str]:
+    """The `iclgd merge` command line combining `folders` into `out` (`options`, e.g.
+    `--no-plots`, appended)."""
+    return ["merge", *(str(f) for f in folders), "--out", str(out), *options]
 
 
 def run_cli(argv: Sequence[str], python: str | None = None) -> str:
@@ -78,6 +81,7 @@ class ShardRun:
     jobs: list[Any]
     folders: list[Path]
     out: Path
+    runner: Callable[[Sequence[str]], str] = field(default=lambda argv: run_cli(argv))
     outputs: list[str] = field(default_factory=list)
 
     def wait(self) -> list[str]:
@@ -85,20 +89,27 @@ class ShardRun:
         self.outputs = [job.result() for job in self.jobs]
         return self.outputs
 
-    def merge(self, python: str | None = None) -> Path:
-        """Wait, then run `iclgd merge` on the shard folders into `out`."""
+    def merge(self, *options: str) -> Path:
+        """Wait, then run `iclgd merge [options]` on the shard folders into `out` (with
+        `runner`)."""
         if len(self.outputs) != len(self.jobs):
             self.wait()
-        run_cli(merge_command(self.folders, self.out), python=python)
+        self.runner(merge_command(self.folders, self.out, *options))
         return self.out
 
 
 def submit_shards(
-    argv: Sequence[str], n_shards: int, out: str | Path, *, executor: Any = None
+    argv: Sequence[str],
+    n_shards: int,
+    out: str | Path,
+    *,
+    executor: Any = None,
+    runner: Callable[[Sequence[str]], str] = run_cli,
 ) -> ShardRun:
     """Submit the N shards of `argv` as one job array to a `submitit` executor (default:
     `submitit.AutoExecutor(folder=OUT/submitit)`, SLURM when available); see the module
-    docstring."""
+    docstring. Each job calls `runner(shard_argv)` (default `run_cli`: a fresh process; the
+    function must be importable where the jobs run)."""
     lines, folders = shard_commands(argv, n_shards, out)
     if executor is None:
         try:
@@ -106,5 +117,5 @@ def submit_shards(
         except ImportError as err:
             raise IclgdError("submit_shards needs submitit: pip install 'iclgd[cluster]'") from err
         executor = submitit.AutoExecutor(folder=str(Path(out) / "submitit"))
-    jobs = executor.map_array(run_cli, lines)
-    return ShardRun(list(jobs), folders, Path(out))
+    jobs = executor.map_array(runner, lines)
+    return ShardRun(list(jobs), folders, Path(out), runner)

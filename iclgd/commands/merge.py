@@ -47,7 +47,9 @@ def run(args: argparse.Namespace) -> int:
         write_merged_sweep(out, merged, plots=not args.no_plots)
         what = f"{len(merged.rows)} checkpoint rows"
     else:
-        write_results(out, merged.rows, merged.extra["settings"], merged.provenance,
+        rows = [{**r, "value": float("nan") if r["value"] is None else r["value"]}
+                for r in merged.rows]  # compare.json stores NaN as null
+        write_results(out, rows, merged.extra["settings"], merged.provenance,
                       figures=not args.no_plots)
         what = f"{len(merged.rows)} comparison rows"
     print(f"merged {len(shards)} {merged.kind} shard(s), {what}, into {out}/")
