@@ -373,6 +373,8 @@ def run_sweep(
         notes=tasks.notes,
     )
     write_json(out / "provenance.json", prov)
+    if shard is not None and not (out / ROWS).exists():
+        atomic_write_text(out / ROWS, "")  # a shard with no checkpoints still merges
     done = {r["checkpoint"] for r in rows}
     todo = [i for i, r in enumerate(refs)
             if r.label not in done and (shard is None or r.label in mine)]

@@ -103,9 +103,22 @@ def test_merge_refuses_missing_duplicated_and_different_settings(sweeps, series,
     capsys.readouterr()
     refused([s[0], other, s[2]], "was computed with different settings")
     refused([s[0], sweeps / "full"], "is not a shard folder")
-    # a shard folder cannot be resumed as another shard
+    # a shard folder resumes as the same shard only
+    before = (s[0] / "rows.jsonl").read_text()
+    assert main(["sweep", str(series), "--out", str(s[0]), "--shard", "0/3", *SWEEP_ARGS]) == 0
+    assert (s[0] / "rows.jsonl").read_text() == before  # nothing left to do
     assert main(["sweep", str(series), "--out", str(s[0]), "--shard", "1/3", *SWEEP_ARGS]) == 2
     assert "different shard (shard 0/3 vs shard 1/3)" in capsys.readouterr().err
+
+
+def test_more_shards_than_checkpoints_merge(series, tmp_path, capsys):
+    args = [*SWEEP_ARGS, "--tasks", "density,drift", "--no-plots"]
+    folders = [tmp_path / f"s{i}" for i in range(5)]
+    for i, folder in enumerate(folders):
+        assert main(["sweep", str(series), "--out", str(folder), "--shard", f"{i}/5", *args]) == 0
+    assert (folders[4] / "rows.jsonl").read_text() == ""  # 4 checkpoints, 5 workers
+    assert main(["merge", *map(str, folders), "--out", str(tmp_path / "m"), "--no-plots"]) == 0
+    assert [r["checkpoint"] for r in _rows(tmp_path / "m")] == ["step0", "step3", "step7", "step20"]
 
 
 def _pairs(path: Path) -> Path:
