@@ -15,7 +15,7 @@ result folder whose `provenance.json` carries a `shard` record: index, count, th
 (source or model, checkpoint, seed, dtype and all analysis settings, and the grid). Device and
 library versions are recorded per shard, not fingerprinted.
 
-`merge_rows(shards)` takes the shard folders of one run (read by `iclgd.analyses.sweep.
+`merge_rows(shards)` takes the shard folders of one run (read by `iclgd.analyses.sweep_merge.
 read_sweep_shard` or `read_json_shard(folder, "compare.json")`) and returns its rows in the
 order the unsharded run writes them, refusing (`IclgdError`, one line) when a folder is not a
 shard or is given twice, the shards were computed with different settings or counts, or a cell

@@ -26,6 +26,12 @@ is dropped (and recomputed) on start. **Failure rows** (a checkpoint that failed
 evaluate: `{"checkpoint", "step", "error"}`) **count as done**, so reruns are idempotent;
 `retry_errors=True` drops them and tries those checkpoints again. A rerun must use the same
 settings (source, tasks, prompts, seed, dtype, selection): otherwise it raises `IclgdError`.
+
+Sharding (`shard="i/N"`, `iclgd sweep --shard i/N`): the worker sweeps only its share of the
+checkpoints (`iclgd.analyses.shards`) into its own folder; drift still compares with the
+previous and the last checkpoint of the whole selection (read from disk when another worker
+owns them). `iclgd merge` (`iclgd.analyses.sweep_merge`) combines the folders into exactly the
+unsharded rows.
 """
 
 from __future__ import annotations
@@ -40,14 +46,7 @@ from typing import Any
 
 import torch
 
-from iclgd.analyses.shards import (
-    Merged,
-    Shard,
-    ShardFolder,
-    shard_folder,
-    shard_record,
-    sweep_grid,
-)
+from iclgd.analyses.shards import Shard, shard_record, sweep_grid
 from iclgd.errors import IclgdError
 from iclgd.probes.density import DEFAULT_THRESHOLDS, fractions_below, hoyer, threshold_key
 from iclgd.probes.drift import layer_matrices, weight_drift
@@ -293,11 +292,12 @@ def load_rows(out: str | Path, warn: Callable[[str], None] | None = None) -> lis
             f"iclgd sweep: dropped {dropped} unreadable or duplicated line(s) from {path}; "
             "those checkpoints are recomputed"
         )
-        _rewrite_rows(path, rows)
+        rewrite_rows(path, rows)
     return rows
 
 
-def _rewrite_rows(path: Path, rows: list[dict[str, Any]]) -> None:
+def rewrite_rows(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Replace a rows file with `rows` (one JSON line each), atomically."""
     from iclgd.results import to_json
 
     atomic_write_text(path, "".join(to_json(r, indent=None) + "\n" for r in rows))
@@ -362,7 +362,7 @@ def run_sweep(
     rows = load_rows(out)
     if retry_errors and any("error" in r for r in rows):
         rows = [r for r in rows if "error" not in r]
-        _rewrite_rows(out / ROWS, rows)
+        rewrite_rows(out / ROWS, rows)
     prov = provenance(
         model=str(source),
         checkpoint=[r.label for r in refs],
@@ -440,31 +440,6 @@ def write_sweep_tables(out: str | Path, rows: list[dict[str, Any]], *, plots: bo
 
         files += save_sweep_plots(rows, out)
     return files
-
-
-def read_sweep_shard(folder: str | Path) -> ShardFolder:
-    """A sweep shard folder (`provenance.json` with a shard record, and its rows)."""
-    folder = Path(folder)
-    path = folder / "provenance.json"
-    if not folder.is_dir() or not path.exists() or not (folder / ROWS).exists():
-        raise IclgdError(f"{folder} is not a sweep shard folder (no provenance.json and {ROWS}): "
-                         "pass the --out folders of `iclgd sweep --shard I/N`")
-    try:
-        prov = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
-        raise IclgdError(f"cannot read {path}: {err}") from err
-    return shard_folder(folder, prov, load_rows(folder))
-
-
-def write_merged_sweep(out: str | Path, merged: Merged, *, plots: bool = True) -> list[Path]:
-    """The merged sweep folder: rows.jsonl in step order, provenance.json, rows.csv, plots."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    for stray in out.glob(".*.tmp"):
-        stray.unlink(missing_ok=True)
-    _rewrite_rows(out / ROWS, merged.rows)
-    write_json(out / "provenance.json", merged.provenance)
-    return [out / ROWS, out / "provenance.json", *write_sweep_tables(out, merged.rows, plots=plots)]
 
 
 def _drift_prev(

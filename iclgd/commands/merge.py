@@ -28,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from iclgd.analyses.shards import merge_rows, read_json_shard
-    from iclgd.analyses.sweep import read_sweep_shard, write_merged_sweep
+    from iclgd.analyses.sweep_merge import read_sweep_shard, write_merged_sweep
     from iclgd.commands.compare import write_results
     from iclgd.errors import IclgdError
 
