@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from iclgd.errors import IclgdError
+from iclgd.hooks.batching import AUTO, AutoBatch
 from iclgd.probes.icl import IclPrompts, icl_accuracy, icl_gain, icl_score
 from iclgd.probes.induction import induction_scores
 
@@ -76,6 +77,7 @@ class SweepTasks:
         self._ready = False
         self._sets: list[tuple[IclSet, dict[int, IclPrompts], dict[int, tuple[float, float]]]] = []
         self._score_tokens: torch.Tensor | None = None
+        self._auto = AutoBatch() if str(settings.batch_size).lower() == AUTO else None
 
     @classmethod
     def for_source(cls, source: str | Path, refs: list[Any], settings: Any) -> SweepTasks:
@@ -194,7 +196,7 @@ class SweepTasks:
         if "icl" in self.names:
             by_task = {}
             for spec, prompts, bayes, pretrained in self._sets:
-                acc = icl_accuracy(model, prompts, batch_size=st.batch_size)
+                acc = icl_accuracy(model, prompts, batch_size=self._auto or st.batch_size)
                 by_task[spec.name] = {
                     "concepts": spec.concepts,
                     "k": spec.k,
@@ -230,7 +232,8 @@ class SweepTasks:
                             "icl_gain_n": [g["n_from"], g["n_to"]],
                             "icl_emerged": g["icl_emerged"]})
         if "icl_score" in self.names:
-            sc = icl_score(model, self._score_tokens, batch_size=max(1, st.batch_size // 2))
+            sc = icl_score(model, self._score_tokens,
+                           batch_size=self._auto or max(1, st.batch_size // 2))
             row.update(
                 {
                     "icl_score": sc.score,
@@ -241,7 +244,8 @@ class SweepTasks:
             )
         if "induction" in self.names:
             ind = induction_scores(
-                model, seq_len=st.induction_seq_len, n_seqs=st.induction_seqs, seed=st.seed
+                model, seq_len=st.induction_seq_len, n_seqs=st.induction_seqs, seed=st.seed,
+                **({"batch_size": self._auto} if self._auto else {}),
             )
             top = ind.top("prefix_matching", st.top_heads)
             for head in top:

@@ -10,6 +10,7 @@ COMMAND_MODULES = (
     "compare",
     "order",
     "sweep",
+    "merge",
     "reproduce",
     "audit",
     "train",

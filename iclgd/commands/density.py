@@ -11,6 +11,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("model", help="HF folder, checkpoint-series folder, or cached hub name")
     p.add_argument("--checkpoint", default=None, help="checkpoint label or index (series/hub)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default=None,
+                   help="model dtype: float32 (default), bfloat16, float16, float64 (density of the weights as loaded, computed in float64)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--out", default=None, help="also write density.json/density.csv here")
     p.set_defaults(func=run)
@@ -27,7 +29,8 @@ def run(args: argparse.Namespace) -> int:
     from iclgd.hooks import load_model
     from iclgd.results import provenance, to_json, write_csv, write_json
 
-    model = load_model(args.model, device=args.device, checkpoint=args.checkpoint)
+    model = load_model(args.model, device=args.device, dtype=args.dtype,
+                       checkpoint=args.checkpoint)
     report = density_report(model, model_name=args.model)
     if args.out:
         from pathlib import Path
@@ -43,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
         ])
         write_json(out / "provenance.json", provenance(
             model=args.model, checkpoint=report["checkpoint"], seed=None,
-            dtype=str(next(model.parameters()).dtype), device=args.device,
+            dtype=str(next(model.parameters()).dtype).removeprefix("torch."), device=args.device,
             weight_processing="raw"))
     if args.json:
         print(to_json(report))

@@ -13,6 +13,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("model", help="HF folder, checkpoint-series folder, or cached hub name")
     p.add_argument("--checkpoint", default=None, help="checkpoint label or index (series/hub)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default=None,
+                   help="model dtype: float32 (default), bfloat16, float16, float64")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=run)
 
@@ -24,7 +26,8 @@ def run(args: argparse.Namespace) -> int:
     check_model_spec(args.model)  # before the heavy imports: bad paths are answered at once
     from iclgd.hooks import list_checkpoints, load_model, model_info
 
-    model = load_model(args.model, device=args.device, checkpoint=args.checkpoint)
+    model = load_model(args.model, device=args.device, dtype=args.dtype,
+                       checkpoint=args.checkpoint)
     info = {"model": args.model, "checkpoint": model.cfg.iclgd_checkpoint, **model_info(model)}
     path = Path(args.model)
     if path.exists() and is_checkpoint_series(path):

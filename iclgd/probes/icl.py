@@ -27,6 +27,7 @@ from torch import Tensor
 
 from iclgd.errors import IclgdError
 from iclgd.hooks import capture
+from iclgd.hooks.batching import BatchSize, model_device, run_batched
 
 
 @dataclass(frozen=True, eq=False)
@@ -170,26 +171,29 @@ def _last_hook(model: Any) -> str:
 
 def predictions_at(
     model: Any, tokens: Int[Tensor, "batch pos"], positions: Int[Tensor, " batch"], *,
-    batch_size: int = 64,
+    batch_size: BatchSize = 64,
 ) -> Int[Tensor, " batch"]:
     """Top-1 next-token prediction (argmax over the full vocabulary) at one position per row.
 
-    Runs `capture(..., positions=<one per row>, return_logits=True)` in batches: only the logits
-    at the answer positions leave the model.
+    Runs `capture(..., positions=<one per row>, return_logits=True)` in batches (`batch_size`
+    an int, or `"auto"`/`AutoBatch`: halved on GPU out-of-memory): only the logits at the
+    answer positions leave the model.
     """
-    out = []
-    for lo in range(0, tokens.shape[0], batch_size):
-        rows = tokens[lo: lo + batch_size]
-        pos = positions[lo: lo + batch_size]
+
+    def step(lo: int, hi: int) -> Tensor:
+        pos = positions[lo:hi]
         # trim right padding beyond the last answer position of this batch
-        rows = rows[:, : int(pos.max()) + 1]
+        rows = tokens[lo:hi, : int(pos.max()) + 1]
         got = capture(model, rows, [_last_hook(model)], positions=pos, return_logits=True)
-        out.append(got["logits"].argmax(dim=-1))
-    return torch.cat(out)
+        return got["logits"].argmax(dim=-1)
+
+    return torch.cat(run_batched(tokens.shape[0], batch_size, step, default=64,
+                                 device=model_device(model), what="ICL accuracy"))
 
 
 def icl_accuracy(
-    model: Any, prompts: Mapping[int, IclPrompts] | Iterable[IclPrompts], *, batch_size: int = 64,
+    model: Any, prompts: Mapping[int, IclPrompts] | Iterable[IclPrompts], *,
+    batch_size: BatchSize = 64,
 ) -> IclAccuracy:
     """ICL accuracy by number of demonstrations (Xie et al. 2022; REFERENCE §4 accuracy reading).
 
@@ -197,7 +201,7 @@ def icl_accuracy(
         model: a TransformerBridge (any model `iclgd.hooks.capture` accepts with token ids).
         prompts: `IclPrompts` per n (a mapping n → prompts, or an iterable; several sets with the
             same n are pooled).
-        batch_size: prompts per forward pass.
+        batch_size: prompts per forward pass, or `"auto"` (halved on GPU out-of-memory).
 
     Returns:
         `IclAccuracy`: for each n the fraction of prompts whose argmax next token at the answer
@@ -251,7 +255,7 @@ def default_icl_positions(n_ctx: int) -> tuple[int, int]:
 
 def icl_score(
     model: Any, tokens: Int[Tensor, "batch pos"], early: int | None = None, late: int | None = None,
-    *, batch_size: int = 32,
+    *, batch_size: BatchSize = 32,
 ) -> IclScore:
     """ICL score of Olsson et al. 2022: loss at a late token minus loss at an early token.
 
@@ -278,21 +282,21 @@ def icl_score(
             f"({tokens.shape[1]}); got early={early}, late={late}: pass longer sequences or "
             "smaller positions"
         )
-    diffs, lo_e, lo_l = [], [], []
-    for lo in range(0, tokens.shape[0], batch_size):
-        rows = tokens[lo: lo + batch_size, : late + 1]
+
+    def step(lo: int, hi: int) -> Tensor:
+        rows = tokens[lo:hi, : late + 1]
         got = capture(model, rows, [_last_hook(model)], positions=[early - 1, late - 1],
                       return_logits=True)
         logp = torch.log_softmax(got["logits"].to(torch.float64), dim=-1)  # [b, 2, vocab]
         target = rows[:, [early, late]].unsqueeze(-1)
-        loss = -logp.gather(-1, target).squeeze(-1)  # [b, 2]
-        lo_e.append(loss[:, 0])
-        lo_l.append(loss[:, 1])
-        diffs.append(loss[:, 1] - loss[:, 0])
-    d = torch.cat(diffs)
+        return -logp.gather(-1, target).squeeze(-1)  # [b, 2]
+
+    loss = torch.cat(run_batched(tokens.shape[0], batch_size, step, default=32,
+                                 device=model_device(model), what="ICL score"))
+    d = loss[:, 1] - loss[:, 0]
     n = d.numel()
     se = float(d.std(unbiased=True) / math.sqrt(n)) if n > 1 else float("nan")
-    return IclScore(float(d.mean()), se, float(torch.cat(lo_e).mean()), float(torch.cat(lo_l).mean()),
+    return IclScore(float(d.mean()), se, float(loss[:, 0].mean()), float(loss[:, 1].mean()),
                     early, late, n_ctx, n)
 
 
