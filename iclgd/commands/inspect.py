@@ -24,7 +24,7 @@ def run(args: argparse.Namespace) -> int:
     from iclgd.specs import check_model_spec, is_checkpoint_series
 
     check_model_spec(args.model)  # before the heavy imports: bad paths are answered at once
-    from iclgd.hooks import list_checkpoints, load_model, model_info
+    from iclgd.hooks import list_checkpoints, load_model, model_info, model_provenance
 
     model = load_model(args.model, device=args.device, dtype=args.dtype,
                        checkpoint=args.checkpoint)
@@ -32,6 +32,9 @@ def run(args: argparse.Namespace) -> int:
     path = Path(args.model)
     if path.exists() and is_checkpoint_series(path):
         info["checkpoints"] = [label for label, _, _ in list_checkpoints(path)]
+    weights = model_provenance(model).get("weights")
+    if weights:  # a named model dequantised from a shipped file
+        info.update({f"weights_{k}": v for k, v in weights.items()})
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
