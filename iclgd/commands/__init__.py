@@ -14,4 +14,5 @@ COMMAND_MODULES = (
     "audit",
     "train",
     "demo",
+    "layers",
 )
