@@ -36,7 +36,6 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
-from torch.func import jacfwd
 
 from iclgd.constructions import reference as R
 from iclgd.errors import IclgdError
@@ -131,6 +130,27 @@ def _spectral_preds(spec: tuple, eta: Tensor, gamma: Tensor, steps: int) -> Tens
     return torch.stack(out, -2)
 
 
+def _spectral_jac(spec: tuple, theta: Tensor, steps: int) -> tuple[Tensor, Tensor]:
+    """`(prediction at step `steps` [batch], d prediction / d theta [batch, p])` for one
+    `theta = (eta[, gamma])`, by differentiating `_spectral_preds`' recursion by hand."""
+    s, beta, q, n = spec
+    eta = theta[0]
+    gamma = theta[1] if len(theta) > 1 else theta.new_zeros(())
+    omega, t2 = torch.zeros_like(s), torch.ones_like(s)
+    d_eta, d_gam, dt2 = torch.zeros_like(s), torch.zeros_like(s), torch.zeros_like(s)
+    for _ in range(steps):
+        resid = beta - s * omega
+        shrink = 1 - (eta / n) * t2 * s
+        d_gam = d_gam * shrink + (eta / n) * resid * dt2
+        d_eta = d_eta * shrink + t2 * resid / n
+        omega = omega + (eta / n) * t2 * resid
+        u = 1 - gamma * t2 * s
+        dt2 = dt2 * u.square() + t2 * 2 * u * (-t2 * s - gamma * s * dt2)
+        t2 = t2 * u.square()
+    cols = [(q * d_eta).sum(-1)] + ([(q * d_gam).sum(-1)] if len(theta) > 1 else [])
+    return (q * omega).sum(-1), torch.stack(cols, -1)
+
+
 def _grid(name: str, spec: tuple) -> Tensor:
     """Starting points `[G, n_params]` scaled to the tasks: GD is stable for
     `eta < 2 n / lambda_max(S)`; GD++'s gamma multiplies the unnormalised `S`."""
@@ -157,25 +177,26 @@ def _mse(pred: Tensor, target: Tensor) -> Tensor:
     return torch.where(torch.isfinite(err), err, torch.full_like(err, math.inf))
 
 
-def _lm(residual: Callable[[Tensor], Tensor], theta: Tensor, iters: int = 100) -> Tensor:
-    """Levenberg-Marquardt on `mean residual(theta)^2` from `theta` (float64)."""
+def _lm(residual: Callable[[Tensor], tuple[Tensor, Tensor]], theta: Tensor,
+        iters: int = 100) -> Tensor:
+    """Levenberg-Marquardt on `mean r(theta)^2`, `residual(theta) -> (r [batch], J [batch, p])`
+    (float64)."""
     mu = 1e-3
-    r = residual(theta)
+    r, J = residual(theta)
     f = float(r.square().mean())
     for _ in range(iters):
         if not math.isfinite(f) or f < 1e-300:
             break
-        J = jacfwd(residual)(theta)  # [batch, p]
         JtJ, g = J.T @ J, J.T @ r
         damp = torch.diag(torch.diag(JtJ).clamp_min(1e-300))
         improved = converged = False
         for _ in range(12):
             cand = theta + torch.linalg.lstsq(JtJ + mu * damp, -g[:, None]).solution[:, 0]
-            rc = residual(cand)
+            rc, Jc = residual(cand)
             fc = float(rc.square().mean())
             if math.isfinite(fc) and fc < f:
                 converged = f - fc <= 1e-14 * f
-                theta, r, f, improved = cand, rc, fc, True
+                theta, r, J, f, improved = cand, rc, Jc, fc, True
                 mu = max(mu / 10, 1e-15)
                 break
             mu *= 10
@@ -209,8 +230,9 @@ def fit_family(
         rows = []
         for t, target in enumerate(targets):
 
-            def residual(th: Tensor, k: int = k, target: Tensor = target) -> Tensor:
-                return _spectral_preds(spec, *_params(th), k)[k] - target
+            def residual(th: Tensor, k: int = k, target: Tensor = target) -> tuple:
+                pred, jac = _spectral_jac(spec, th, k)
+                return pred - target, jac
 
             rows.append(_lm(residual, grid[int(errs[t].argmin())].clone()))
         out[k] = torch.stack(rows)

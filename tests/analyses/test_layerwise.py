@@ -179,3 +179,26 @@ def test_cli_on_a_saved_lsa_folder(tmp_path, capsys):
     assert code == 0
     best = json.loads(capsys.readouterr().out)["best"]
     assert [(b["algorithm"], b["step"]) for b in best] == [("gd", 1), ("gd", 2)]
+
+
+def test_spectral_recursion_and_its_jacobian_match_the_reference():
+    from torch.func import jacfwd
+
+    from iclgd.analyses.layerwise_algorithms import (
+        _params,
+        _spectral,
+        _spectral_jac,
+        _spectral_preds,
+    )
+    from iclgd.constructions import reference as R
+    from iclgd.data.regression import sample_linear_tasks
+
+    t = sample_linear_tasks(20, 6, 4, generator=torch.Generator().manual_seed(0))
+    spec = _spectral(t.X, t.Y, t.x_query, "gdpp", torch.eye(4, dtype=torch.float64))
+    th = torch.tensor([1.3, 0.2], dtype=torch.float64)
+    preds = _spectral_preds(spec, *_params(th), 4)
+    ref = R.gdpp_iterates(t.X, t.Y, etas=[1.3] * 4, gammas=[0.2] * 4)
+    assert torch.allclose(preds, torch.einsum("kbod,bd->kb", ref, t.x_query), atol=1e-12)
+    p, J = _spectral_jac(spec, th, 4)
+    want = jacfwd(lambda x: _spectral_preds(spec, *_params(x), 4)[4])(th)
+    assert torch.allclose(p, preds[4], atol=1e-14) and torch.allclose(J, want, atol=1e-12)
