@@ -28,18 +28,23 @@ def _algorithms(rows: Sequence[dict[str, Any]]) -> list[str]:
 
 def distance_heatmaps(rows: Sequence[dict[str, Any]], best: Sequence[dict[str, Any]], *,
                       title: str = "") -> Figure:
-    """Heatmaps (layer x iterate) of log10 error, one per algorithm; best match per layer = x."""
+    """Heatmaps (layer x iterate) of log10 error, one per algorithm, on one colour scale (errors
+    below 1e-16 share the darkest colour); best match per layer = x."""
     algs = _algorithms(rows)
+    logs = [math.log10(max(r["error"], 1e-16)) for r in rows if math.isfinite(r["error"])]
+    vmin, vmax = (min(logs), max(logs)) if logs else (-16, 0)
     layers = sorted({r["layer"] for r in rows})
-    fig, axes = plt.subplots(1, len(algs), figsize=(2.6 * len(algs) + 1, 3.8), squeeze=False)
+    fig, axes = plt.subplots(1, len(algs), figsize=(2.9 * len(algs) + 1.5, 3.8), squeeze=False,
+                             layout="constrained")
     for ax, alg in zip(axes[0], algs, strict=True):
         steps = sorted({r["step"] for r in rows if r["algorithm"] == alg})
         grid = np.full((len(steps), len(layers)), np.nan)
         for r in rows:
             if r["algorithm"] == alg:
                 grid[steps.index(r["step"]), layers.index(r["layer"])] = math.log10(
-                    max(r["error"], _FLOOR)) if math.isfinite(r["error"]) else np.nan
-        im = ax.imshow(grid, aspect="auto", origin="lower", cmap="viridis_r")
+                    max(r["error"], 1e-16)) if math.isfinite(r["error"]) else np.nan
+        im = ax.imshow(grid, aspect="auto", origin="lower", cmap="viridis_r", vmin=vmin,
+                       vmax=vmax)
         for b in best:
             if b["algorithm"] == alg:
                 ax.plot(layers.index(b["layer"]), steps.index(b["step"]), "rx", ms=10, mew=2)
@@ -49,10 +54,9 @@ def distance_heatmaps(rows: Sequence[dict[str, Any]], best: Sequence[dict[str, A
         ax.set_xlabel("layer")
         ax.set_ylabel("lambda index" if alg == "ridge" else "step")
         ax.set_title(alg)
-        fig.colorbar(im, ax=ax, fraction=0.05, label="log10 error")
+    fig.colorbar(im, ax=axes[0].tolist(), fraction=0.03, pad=0.01, label="log10 E[(y_layer - y_alg)^2]")
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
     return fig
 
 
