@@ -15,5 +15,6 @@ COMMAND_MODULES = (
     "audit",
     "train",
     "demo",
+    "layers",
     "tasks",
 )
