@@ -16,4 +16,5 @@ COMMAND_MODULES = (
     "train",
     "demo",
     "tasks",
+    "bench",
 )
