@@ -260,11 +260,14 @@ def compare_model(
     label: str = "trained",
     delta_w: bool = True,
     progress: Callable[[str], None] | None = None,
+    on_runs: Callable[[int, str, dict[str, RunCapture]], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Run ZS, ICL (twice: two demonstration orders) and FT per method for every N in
     `prompt_sets`, and return tidy rows `{model: label, n_demos, method, metric, layer, value}`
     (see the module docstring). `wv_layer` defaults to the middle layer (`n_layers // 2`).
-    `progress(msg)` is called after each finetuning run."""
+    `progress(msg)` is called after each finetuning run; `on_runs(n, method, runs)` gets that
+    run's captures `{"zs", "icl", "icl_reordered", "ft"}` (per-query statistics, e.g. standard
+    errors, without capturing again)."""
     n_layers = int(model.cfg.n_layers)
     wv_layer = n_layers // 2 if wv_layer is None else wv_layer
     gen = torch.Generator().manual_seed(seed)
@@ -317,6 +320,8 @@ def compare_model(
             if dw is not None:
                 for r in dw.rows(deltas):
                     add(n, method, r["metric"], r["value"], r["layer"])
+            if on_runs is not None:
+                on_runs(n, method, {"zs": zs, "icl": icl, "icl_reordered": icl_re, "ft": ft})
             if progress is not None:
                 progress(f"{label} N={n} {method}")
     return rows

@@ -13,5 +13,6 @@ COMMAND_MODULES = (
     "reproduce",
     "audit",
     "train",
+    "analyse",
     "demo",
 )
