@@ -97,7 +97,7 @@ def train_argv(cfg: DemoConfig) -> list[str]:
 def models_for(section: str, cfg: DemoConfig) -> list[ModelRef]:
     """The models the demo measures in `section`."""
     ginc = ModelRef("ginc", str(cfg.out / "ginc"), "ginc")
-    lm = [ModelRef(cfg.lm.replace("/", "_"), cfg.lm, "lm")] if cfg.lm else []
+    lm = [ModelRef(lm_label(cfg.lm), cfg.lm, "lm")] if cfg.lm else []
     if section == "constructions":
         return [ModelRef(n, n, "construction") for n in NAMES]
     if section == "trained_vs_constructed":
@@ -106,7 +106,15 @@ def models_for(section: str, cfg: DemoConfig) -> list[ModelRef]:
         lsa = [ModelRef(f"lsa-{k}", str(cfg.out / "trained_vs_constructed" / "parts" /
                                          f"lsa-{k}.json"), "lsa") for k in (1, 3)]
         return [ModelRef(n, n, "construction") for n in NAMES] + lsa + [ginc] + lm
+    if section == "weight_evolution":  # a real LM ships one checkpoint: nothing to sweep
+        return [ginc]
     return [ginc] + lm
+
+
+def lm_label(spec: str) -> str:
+    """The report's column name of an LM: a local folder's name, else the spec."""
+    path = Path(spec).expanduser()
+    return path.name if path.exists() else spec.replace("/", "_")
 
 
 def plan(cfg: DemoConfig) -> list[Task]:

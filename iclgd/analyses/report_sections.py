@@ -233,7 +233,8 @@ def evolution(rec: dict[str, Any]) -> dict[str, Any]:
                     "n minus n = 0, GINC in-distribution, k = 3), Olsson et al. (2022)'s ICL "
                     "score (late minus early token loss), induction-head scores (prefix "
                     "matching, copying) and the relative weight distance to the previous and to "
-                    "the last checkpoint.",
+                    "the last checkpoint. A released LM ships one checkpoint, so only the "
+                    "trained-from-scratch series is swept.",
             "numbers": nums, "lead": lead}
 
 
