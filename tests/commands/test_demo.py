@@ -131,3 +131,13 @@ def test_analyse_one_section(tmp_path, capsys):
                  "--model", str(tmp_path / "missing")]) == 0
     assert "not available" in capsys.readouterr().out
     assert main(["analyse", "nope"]) == 2
+
+
+def test_docs_figures_copy_the_lead_figures(quick_demo, tmp_path):
+    from iclgd.analyses.docs_figures import main as docs_main
+
+    out, _, _ = quick_demo
+    assert docs_main([str(out), str(tmp_path)]) == 0
+    pngs = sorted(p.name for p in (tmp_path / "demo").glob("*.png"))
+    assert pngs == sorted(f"{s}.png" for s in SECTIONS)
+    assert "| claim |" in (tmp_path / "demo" / "verdicts.md").read_text()
