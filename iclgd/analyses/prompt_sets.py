@@ -133,6 +133,44 @@ def find_ginc_folder(model: Any) -> Path:
     )
 
 
+TUNING_SEED_OFFSET = 7919  # GINC tuning prompts: a draw of their own, never the evaluation draw
+
+
+def tuning_prompt_set(
+    model: Any,
+    task: str | Path,
+    n_demos: int,
+    *,
+    n_heldout: int = 8,
+    seed: int = 0,
+    k: int = GINC_K,
+) -> PromptSet:
+    """Prompts for choosing finetuning settings without touching the evaluation queries.
+
+    Text tasks: the task is split as `load_prompt_sets` splits it (same `seed`); the last
+    `n_heldout` items of the demonstration pool become the held-out queries and the
+    `n_demos` demonstrations are drawn from the rest, so no evaluation query is ever seen.
+    GINC: `n_heldout` fresh prompts from another seed (prompts are i.i.d. draws of the HMM).
+    """
+    n_ctx = int(model.cfg.n_ctx)
+    if str(task) == "ginc":
+        from iclgd.data.ginc_hmm import load_ginc_world
+
+        world = load_ginc_world(find_ginc_folder(model))
+        sets = ginc_prompt_sets(world, [n_demos], k=k, n_queries=n_heldout,
+                                seed=seed + TUNING_SEED_OFFSET, n_ctx=n_ctx)
+        return sets[n_demos]
+    loaded = load_task(task, seed=seed)
+    pool = list(loaded.demonstrations)
+    if len(pool) < n_heldout + n_demos:
+        raise IclgdError(
+            f"task {loaded.name!r} has {len(pool)} demonstrations: too few to hold out "
+            f"{n_heldout} for tuning and draw {n_demos} (use fewer, or fix the settings by hand)"
+        )
+    split = Task(loaded.name, pool[:-n_heldout], pool[-n_heldout:], loaded.template)
+    return text_prompt_sets(split, model.tokenizer, [n_demos], seed=seed, n_ctx=n_ctx)[n_demos]
+
+
 def load_prompt_sets(
     model: Any,
     task: str | Path,

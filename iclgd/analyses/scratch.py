@@ -48,46 +48,52 @@ class ScratchModel:
 
     `load(delta)` sets the copy's weights to the original `W_before + ΔW` (`delta` = a
     `WeightDelta` or `{hf_name: ΔW}`, None = the original weights) and returns the copy. Only
-    tensors that differ from the original are written; fused QKV projections, which the bridge
-    forwards through split copies, are re-split after every load.
+    tensors that differ from the original are written, in place (no temporary full-size
+    tensors); fused QKV projections, which the bridge forwards through split copies, are
+    re-split after every load. The original weights are read from `model` itself, which must
+    not change while the scratch copy is in use (iclgd's analyses never write to it).
     """
 
     def __init__(self, model: Any) -> None:
-        self.base = {k: v.detach().clone() for k, v in hf_state_dict(model).items()}
+        self.base = {k: v.detach() for k, v in hf_state_dict(model).items()}
         self.model = copy_bridge(model)
         self.model.eval()
+        self.live = hf_state_dict(self.model)
         self._dirty: set[str] = set()
 
     def load_params(self, params: Mapping[str, Tensor]) -> Any:
         """Load full HF-named weights for the keys in `params` (others: the originals)."""
-        unknown = [k for k in params if k not in self.base]
-        if unknown:
-            raise IclgdError(f"the weights name parameters this model lacks: {unknown[:3]}")
-        state = {k: self.base[k] for k in self._dirty - set(params)}
-        state.update({k: v.to(self.base[k].device, self.base[k].dtype) for k, v in params.items()})
-        if state:
-            with torch.no_grad():
-                result = self.model.load_state_dict(state, strict=False)
-            if result.unexpected_keys:
-                raise IclgdError(
-                    f"cannot load weights into the model: {result.unexpected_keys[:3]}"
-                )
-            refresh_split_weights(self.model)  # fused QKV: the bridge forwards split copies
-        self._dirty = set(params)
-        return self.model
+        self._check_names(params, "the weights name parameters this model lacks")
+        with torch.no_grad():
+            for k in self._dirty - set(params):
+                self.live[k].copy_(self.base[k])
+            for k, v in params.items():
+                self.live[k].copy_(v)
+        return self._loaded(set(params))
 
     def load(self, delta: Any | None) -> Any:
         """The copy with `W_before + ΔW` loaded (None: the original weights)."""
-        if delta is None:
-            return self.load_params({})
-        tensors = delta_tensors(delta)
-        params = {}
+        tensors = {} if delta is None else delta_tensors(delta)
+        self._check_names(tensors, "the delta names a parameter this model lacks")
         for name, d in tensors.items():
-            if name not in self.base:
-                raise IclgdError(f"the delta names a parameter this model lacks: {name}")
             if not torch.isfinite(d).all():
                 raise IclgdError(
                     f"the finetuning update of {name} is not finite: lower the learning rate"
                 )
-            params[name] = self.base[name] + d.to(self.base[name].device, self.base[name].dtype)
-        return self.load_params(params)
+        with torch.no_grad():
+            for k in self._dirty | set(tensors):
+                self.live[k].copy_(self.base[k])
+            for k, d in tensors.items():
+                self.live[k].add_(d.to(self.live[k].device, self.live[k].dtype))
+        return self._loaded(set(tensors))
+
+    def _check_names(self, names: Mapping[str, Tensor], what: str) -> None:
+        unknown = [k for k in names if k not in self.base]
+        if unknown:
+            raise IclgdError(f"{what}: {unknown[:3]}")
+
+    def _loaded(self, dirty: set[str]) -> Any:
+        if dirty or self._dirty:
+            refresh_split_weights(self.model)  # fused QKV: the bridge forwards split copies
+        self._dirty = dirty
+        return self.model

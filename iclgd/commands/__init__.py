@@ -15,4 +15,5 @@ COMMAND_MODULES = (
     "train",
     "analyse",
     "demo",
+    "tasks",
 )

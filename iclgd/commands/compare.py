@@ -24,10 +24,11 @@ def parse_ints(text: str, what: str) -> list[int]:
 
 
 def parse_lr(text: str | None) -> float | dict[str, float] | None:
-    """`--lr 0.01` (all methods) or `--lr gd=0.01,adam=0.001` (others keep their default)."""
+    """`--lr 0.01` (all methods) or `--lr gd=0.01,adam=0.001` (others keep their default);
+    `default` (or None) → None, the untuned defaults."""
     from iclgd.errors import IclgdError
 
-    if text is None:
+    if text is None or text == "default":
         return None
     try:
         if "=" not in text:
@@ -43,15 +44,24 @@ def add_common(p: argparse.ArgumentParser, *, methods: str, demos: str, epochs: 
                    help="HF folder, checkpoint-series folder (last checkpoint), or cached hub name")
     p.add_argument("--checkpoint", default=None, help="checkpoint label or index of a series")
     p.add_argument("--task", required=True,
-                   help="'ginc' (prompts regenerated from the model's ginc.json), a built-in task "
-                        "(capitals, antonyms, number_words), or a .jsonl/.csv file")
+                   help="'ginc' (prompts regenerated from the model's ginc.json), a named task "
+                        "(`iclgd tasks` lists them: sentiment, country-capital, past-tense, ...), "
+                        "or a .jsonl/.csv file")
     p.add_argument("--demos", default=demos, help=f"numbers of demonstrations (default {demos})")
     p.add_argument("--methods", default=methods, help=f"finetuning methods (default {methods})")
     p.add_argument("--queries", type=int, default=None,
                    help="queries per N (default: 16 for ginc, else up to 32)")
-    p.add_argument("--lr", default=None,
-                   help="learning rate for all methods, or method=lr pairs (default: gd/sgd/kv/"
-                        "layer-causal/wv-layer 1e-2, adam 1e-3)")
+    p.add_argument("--lr", default="auto",
+                   help="'auto' (default: each method's rate chosen on held-out demonstrations, "
+                        "see --tune-demos), 'default' (untuned: gd/sgd/kv/layer-causal/wv-layer "
+                        "1e-2, adam 1e-3), one rate for all methods, or method=lr pairs")
+    p.add_argument("--lr-grid", default=None,
+                   help="rates searched by --lr auto, for every method (default: adam 1e-5,1e-4,"
+                        "1e-3; the others 1e-3,1e-2,1e-1)")
+    p.add_argument("--tune-demos", type=int, default=None,
+                   help="N used by --lr auto (default: the largest --demos, at most 8)")
+    p.add_argument("--tune-queries", type=int, default=8,
+                   help="held-out queries scored by --lr auto (default 8)")
     p.add_argument("--epochs", type=int, default=epochs, help=f"finetuning epochs (default {epochs})")
     p.add_argument("--wv-layer", type=int, default=None,
                    help="layer whose W_V the wv-layer method trains (default: middle layer)")
@@ -96,20 +106,55 @@ def load_for_experiment(args: argparse.Namespace) -> tuple:
         torch.set_num_threads(args.threads)
     demos = parse_ints(args.demos, "--demos")
     methods = check_methods(args.methods.split(","))
-    lr = learning_rates(parse_lr(args.lr), methods)
+    auto = args.lr == "auto"
+    grid = parse_floats(args.lr_grid, "--lr-grid") if args.lr_grid else None
+    lr = None if auto else learning_rates(parse_lr(args.lr), methods)
     model = load_model(args.model, device=args.device, dtype=args.dtype, checkpoint=args.checkpoint)
     sets, info = load_prompt_sets(model, args.task, demos, n_queries=args.queries, seed=args.seed,
                                   k=args.k)
+    if auto:
+        lr, info["lr_search"] = tune(model, args, methods, demos, grid)
     return model, sets, info, methods, lr
 
 
+def parse_floats(text: str, what: str) -> list[float]:
+    """`"1e-3,1e-2"` → `[0.001, 0.01]`; a clear `IclgdError` otherwise."""
+    from iclgd.errors import IclgdError
+
+    try:
+        values = [float(t) for t in text.split(",") if t.strip()]
+    except ValueError as err:
+        raise IclgdError(f"{what} must be comma-separated numbers, got {text!r}") from err
+    if not values or min(values) <= 0:
+        raise IclgdError(f"{what} needs positive numbers, got {text!r}")
+    return values
+
+
+def tune(model, args: argparse.Namespace, methods, demos, grid) -> tuple[dict, dict]:
+    """`--lr auto`: each method's rate chosen on held-out demonstrations (`lr_search`)."""
+    from iclgd.analyses.lr_search import search_learning_rates
+    from iclgd.analyses.prompt_sets import tuning_prompt_set
+
+    n_tune = args.tune_demos or min(max(demos), 8)
+    epochs = getattr(args, "tune_epochs", None) or args.epochs
+    held = tuning_prompt_set(model, args.task, n_tune, n_heldout=args.tune_queries,
+                             seed=args.seed, k=args.k)
+    grids = None if grid is None else dict.fromkeys(methods, grid)
+    chosen, rows = search_learning_rates(model, held, methods, epochs=epochs, seed=args.seed,
+                                         grids=grids, wv_layer=args.wv_layer)
+    return chosen, {"n_demos": n_tune, "n_heldout": args.tune_queries, "epochs": epochs,
+                    "chosen": chosen, "rows": rows}
+
+
 def provenance_for(model, args: argparse.Namespace, **extra):
-    """The provenance record of one run."""
+    """The provenance record of one run: the model's (`iclgd.hooks.model_provenance`: source,
+    checkpoint, processing, quantised source file) plus seed, dtype and device."""
+    from iclgd.hooks import model_provenance
     from iclgd.results import provenance
 
-    return provenance(model=args.model, checkpoint=getattr(model.cfg, "iclgd_checkpoint", None),
-                      seed=args.seed, dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
-                      device=args.device, weight_processing="raw", **extra)
+    record = {**model_provenance(model), "model": args.model}
+    record["dtype"] = str(next(model.parameters()).dtype).removeprefix("torch.")
+    return provenance(**record, seed=args.seed, device=args.device, **extra)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -141,6 +186,8 @@ def run(args: argparse.Namespace) -> int:
     prov = provenance_for(model, args, analysis="compare")
     write_csv(out / "compare.csv", rows)
     write_csv(out / "compare_summary.csv", summary)
+    if "lr_search" in info:
+        write_csv(out / "lr_search.csv", info["lr_search"]["rows"])
     write_json(out / "compare.json", {"provenance": prov, "settings": settings,
                                       "summary": summary, "rows": rows})
     write_figures(out, rows, summary, title=f"{Path(args.model).name} / {info['task']}")
@@ -148,6 +195,9 @@ def run(args: argparse.Namespace) -> int:
         print(to_json({"settings": settings, "summary": summary}))
         return 0
     print_summary(summary, out)
+    if "lr_search" in info:
+        print("learning rates chosen on held-out demonstrations: "
+              + ", ".join(f"{m} {v:g}" for m, v in lr.items()) + " (lr_search.csv)")
     return 0
 
 

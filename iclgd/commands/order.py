@@ -20,6 +20,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "over orderings of the next-token probability, summed over the vocabulary, "
                     "averaged over queries; ICL reorders the prompt, FT finetunes on each order.")
     add_common(p, methods="gd,sgd,adam", demos="8", epochs=8)
+    p.add_argument("--tune-epochs", type=int, default=1,
+                   help="epochs of each --lr auto trial (default 1; the run's --epochs is "
+                        "slower but matches the longest snapshot)")
     p.add_argument("--perms", type=int, default=10, help="orderings P (default 10)")
     p.add_argument("--out", default="results/order", help="output folder (default results/order)")
     p.set_defaults(func=run)
@@ -58,6 +61,8 @@ def run(args: argparse.Namespace) -> int:
                 "epochs": args.epochs, "epoch_grid": grid, "control": args.control, **info}
     out = Path(args.out)
     write_csv(out / "order.csv", rows)
+    if "lr_search" in info:
+        write_csv(out / "lr_search.csv", info["lr_search"]["rows"])
     write_json(out / "order.json", {"provenance": provenance_for(model, args, analysis="order"),
                                     "settings": settings, "rows": rows})
     fig = plot_order(rows, title=f"{Path(args.model).name} / {info['task']}, N = {n}, "

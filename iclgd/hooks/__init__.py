@@ -1,7 +1,8 @@
 """hooks: one interface over every model iclgd analyses.
 
-- `load_model(spec)`: local HF folder, checkpoint series, cached hub name, or native config →
-  TransformerLens `TransformerBridge` (eval mode, raw weights).
+- `load_model(spec)`: named model (`"smollm2-135m"`), local HF folder, checkpoint series, cached
+  hub name, or native config → TransformerLens `TransformerBridge` (eval mode, raw weights);
+  `model_provenance(model)` is what results record about it.
 - `list_checkpoints` / `iter_checkpoints`: checkpoint series, one skeleton reused.
 - `attention_weights` / `mlp_weights`: raw per-head weights straight from the HF tensors.
 - `capture`: names-filtered, position-sliced activations from one forward pass.
@@ -18,7 +19,7 @@ from iclgd.hooks.checkpoints import (
     refresh_split_weights,
     select_checkpoint,
 )
-from iclgd.hooks.info import model_info
+from iclgd.hooks.info import model_info, model_provenance
 from iclgd.hooks.loading import load_model, resolve_device, resolve_dtype
 from iclgd.hooks.types import AttentionWeights, MLPWeights
 from iclgd.hooks.weights import attention_weights, hf_module, hf_state_dict, mlp_weights
@@ -38,6 +39,7 @@ __all__ = [
     "load_weights_into",
     "mlp_weights",
     "model_info",
+    "model_provenance",
     "read_hf_weights",
     "refresh_split_weights",
     "resolve_device",

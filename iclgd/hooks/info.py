@@ -40,3 +40,24 @@ def model_info(model: Any) -> dict[str, Any]:
         "n_params": n_params,
         "hook_names_layer0": sorted(k for k in model.hook_dict if k.startswith("blocks.0.")),
     }
+
+
+def model_provenance(model: Any) -> dict[str, Any]:
+    """What a result must record about the model it came from.
+
+    `model` (source: folder, hub name or named model), `checkpoint`, `weight_processing`
+    (iclgd never processes weights: "raw"), `dtype`, and, for named models shipped as quantised
+    files, `weights` (source package and version, file, sha256, quantisation and its
+    dequantisation).
+    """
+    cfg = model.cfg
+    out: dict[str, Any] = {
+        "model": getattr(cfg, "iclgd_source", None),
+        "checkpoint": getattr(cfg, "iclgd_checkpoint", None),
+        "weight_processing": getattr(cfg, "iclgd_processing", "raw"),
+        "dtype": str(getattr(cfg, "dtype", "")).removeprefix("torch.") or None,
+    }
+    weights = getattr(cfg, "iclgd_weights", None)
+    if weights:
+        out["weights"] = dict(weights)
+    return out

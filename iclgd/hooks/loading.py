@@ -1,7 +1,8 @@
 """`load_model`: one entry point for every model iclgd analyses.
 
-A spec is a local Hugging Face folder, a checkpoint-series folder (subfolders `step{N}/`), a hub
-name present in the local HF cache, or a native `TransformerBridgeConfig`/dict. The result is a
+A spec is a named model shipped in a registry package (`smollm2-135m`, see
+`iclgd.hooks.named_models`), a local Hugging Face folder, a checkpoint-series folder (subfolders
+`step{N}/`), a hub name present in the local HF cache, or a native `TransformerBridgeConfig`/dict. The result is a
 TransformerLens `TransformerBridge` in eval mode holding the checkpoint's raw weights
 (compatibility mode off: no LayerNorm folding, no centering; `model.cfg.iclgd_processing` says
 "raw").
@@ -19,6 +20,11 @@ from typing import Any
 import torch
 
 from iclgd.errors import IclgdError
+from iclgd.hooks.named_models import (
+    converted_folder,
+    is_named_model,
+    named_model_provenance,
+)
 
 _DTYPES = {
     "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
@@ -71,7 +77,8 @@ def load_model(
     """Load a model as a TransformerLens `TransformerBridge` in eval mode, raw weights.
 
     Args:
-        spec: an in-memory HF `PreTrainedModel`, a local HF folder (must hold `config.json`; tokenizer files are used when present,
+        spec: a named model (`"smollm2-135m"`: converted on first use into iclgd's cache, see
+            `iclgd.hooks.named_models`), an in-memory HF `PreTrainedModel`, a local HF folder (must hold `config.json`; tokenizer files are used when present,
             otherwise an id-only tokenizer `"<17>"` is attached), a checkpoint-series folder
             (subfolders `step{N}/`; `checkpoint` picks one, default the last), a hub name
             found in the local HF cache (set `HF_HUB_OFFLINE=1` to forbid downloads), or a
@@ -83,8 +90,9 @@ def load_model(
             as `checkpoint_value`) or an int index (`checkpoint_index`).
 
     Returns:
-        The bridge, with `cfg.iclgd_source`, `cfg.iclgd_checkpoint` and `cfg.iclgd_processing`
-        recorded for provenance.
+        The bridge, with `cfg.iclgd_source`, `cfg.iclgd_checkpoint`, `cfg.iclgd_processing` and
+        (named models) `cfg.iclgd_weights` (source file, sha256, quantisation) recorded for
+        provenance; `iclgd.hooks.model_provenance(model)` collects them.
     """
     from transformer_lens.config import TransformerBridgeConfig
     from transformer_lens.model_bridge import TransformerBridge
@@ -104,6 +112,8 @@ def load_model(
             "or a TransformerBridgeConfig/dict"
         )
     path = Path(spec).expanduser()
+    if is_named_model(spec) and not path.exists():
+        return _load_named(str(spec).lower(), dev, dt, checkpoint)
     if path.exists():
         return _load_local(path, dev, dt, checkpoint)
     return _load_hub(str(spec), dev, dt, checkpoint)
@@ -128,6 +138,16 @@ def _load_local(path: Path, dev: torch.device, dt: torch.dtype, checkpoint: str 
             "(save_pretrained output) or a folder of step{N}/ checkpoints"
         )
     return _boot_folder(path, dev, dt, None)
+
+
+def _load_named(name: str, dev: torch.device, dt: torch.dtype, checkpoint: str | int | None):
+    if checkpoint is not None:
+        raise IclgdError(f"{name} is a single model, not a checkpoint series: drop --checkpoint")
+    folder = converted_folder(name)
+    bridge = _boot_folder(folder, dev, dt, None)
+    bridge.cfg.iclgd_source = name
+    bridge.cfg.iclgd_weights = {**named_model_provenance(folder), "folder": str(folder)}
+    return bridge
 
 
 def _quiet_transformers() -> None:

@@ -298,18 +298,28 @@ def _update(
     params: dict[str, Tensor], grads: dict[str, Tensor], masks: dict[str, Tensor | None],
     state: dict[str, tuple[Tensor, Tensor]], optimizer: str, lr: float, step: int, where: str,
 ) -> None:
-    for n, g in grads.items():
-        if masks[n] is not None:
-            g = g * masks[n]
-        if not torch.isfinite(g).all():
-            raise IclgdError(f"{where}: the gradient of {n} is not finite: lower the learning rate")
-        if optimizer == "sgd":
-            params[n] = params[n] - lr * g
-            continue
-        m, v = state[n]
-        m = _BETAS[0] * m + (1 - _BETAS[0]) * g
-        v = _BETAS[1] * v + (1 - _BETAS[1]) * g * g
-        state[n] = (m, v)
-        m_hat = m / (1 - _BETAS[0] ** step)
-        v_hat = v / (1 - _BETAS[1] ** step)
-        params[n] = params[n] - lr * m_hat / (v_hat.sqrt() + _EPS)
+    """One SGD or Adam step, in place on `params` (multi-tensor `torch._foreach_*` kernels).
+
+    Adam (Kingma & Ba, 2015, Algorithm 1): `m ← β1 m + (1 − β1) g`, `v ← β2 v + (1 − β2) g²`,
+    `θ ← θ − lr · (m / (1 − β1^t)) / (√(v / (1 − β2^t)) + ε)`.
+    """
+    names = list(grads)
+    g = [grads[n] if masks[n] is None else grads[n] * masks[n] for n in names]
+    norms = torch.stack(torch._foreach_norm(g))  # one pass: NaN/inf anywhere → non-finite norm
+    if not torch.isfinite(norms).all():
+        bad = names[int((~torch.isfinite(norms)).nonzero()[0])]
+        raise IclgdError(f"{where}: the gradient of {bad} is not finite: lower the learning rate")
+    p = [params[n] for n in names]
+    if optimizer == "sgd":
+        torch._foreach_add_(p, g, alpha=-lr)
+        return
+    m = [state[n][0] for n in names]
+    v = [state[n][1] for n in names]
+    torch._foreach_mul_(m, _BETAS[0])
+    torch._foreach_add_(m, g, alpha=1 - _BETAS[0])
+    torch._foreach_mul_(v, _BETAS[1])
+    torch._foreach_addcmul_(v, g, g, value=1 - _BETAS[1])
+    denom = torch._foreach_sqrt(v)
+    torch._foreach_div_(denom, math.sqrt(1 - _BETAS[1] ** step))
+    torch._foreach_add_(denom, _EPS)
+    torch._foreach_addcdiv_(p, m, denom, value=-lr / (1 - _BETAS[0] ** step))
