@@ -43,9 +43,9 @@ from iclgd.analyses.section_base import (
 from iclgd.analyses.sections import SECTIONS, get_section, settings_for
 from iclgd.constructions.registry import NAMES
 
-LM_SECTIONS = ("density", "emergent_icl", "order", "outputs", "dual_form", "weight_evolution")
+FT_SECTIONS = ("order", "outputs", "dual_form")
 # CPU seconds per task at full size on the reference 2-core machine (quick: QUICK_SCALE x)
-ESTIMATE = {"train": 270, "probe": 10, "constructions": 2, "trained_vs_constructed/lsa-1": 25,
+ESTIMATE = {"train": 270, "probe": 10, "tune": 8, "constructions": 2, "trained_vs_constructed/lsa-1": 25,
             "trained_vs_constructed/lsa-3": 35, "density": 2, "emergent_icl": 10, "order": 25,
             "outputs": 15, "dual_form": 20, "weight_evolution": 30, "finish": 3}
 LM_FACTOR = 4.0  # a real LM's part relative to the GINC model's
@@ -78,11 +78,27 @@ class DemoConfig:
     lm_tasks: tuple[str, ...] | None = None
     jobs: int = 2
 
-    def settings(self, section: str) -> Any:
+    def settings(self, section: str, label: str | None = None) -> Any:
+        """The section's settings (quick or full, the demo's LM tasks and seed); for a
+        finetuning section and a model whose learning rates were tuned, those rates."""
         s = settings_for(get_section(section), quick=self.quick)
         if self.lm_tasks is not None and hasattr(s, "lm_tasks"):
             s = replace(s, lm_tasks=tuple(self.lm_tasks))
-        return replace(s, seed=self.seed) if hasattr(s, "seed") else s
+        s = replace(s, seed=self.seed) if hasattr(s, "seed") else s
+        tuned = self.out / "lr" / f"{label}.json"
+        if label is not None and getattr(s, "lr", None) == "auto" and tuned.is_file():
+            rates = json.loads(tuned.read_text(encoding="utf-8"))["rates"]
+            s = replace(s, lr=tuple(sorted((m, float(r)) for m, r in rates.items())))
+        return s
+
+    def tuned_methods(self, kind: str) -> list[str]:
+        """Every finetuning method the demo's sections run on a model of `kind`."""
+        methods: list[str] = []
+        for section in FT_SECTIONS:
+            s = settings_for(get_section(section), quick=self.quick)
+            extra = s.lm_methods if kind == "lm" and hasattr(s, "lm_methods") else s.methods
+            methods += [m for m in extra if m not in methods]
+        return methods
 
 
 def train_argv(cfg: DemoConfig) -> list[str]:
@@ -125,6 +141,12 @@ def plan(cfg: DemoConfig) -> list[Task]:
     if cfg.lm:
         tasks.append(Task("probe", "probe", estimate=ESTIMATE["probe"],
                           ref=ModelRef("lm", cfg.lm, "lm")))
+    tuning = getattr(cfg.settings("order"), "lr", None) == "auto"
+    if tuning:
+        for ref in models_for("order", cfg):
+            first = ("train",) if ref.kind == "ginc" else ("probe",)
+            est = ESTIMATE["tune"] * (LM_FACTOR if ref.kind == "lm" else 1.0)
+            tasks.append(Task(f"tune/{ref.label}", "tune", first, est * scale, ref=ref))
     for name in SECTIONS:
         keys = []
         for ref in models_for(name, cfg):
@@ -136,6 +158,8 @@ def plan(cfg: DemoConfig) -> list[Task]:
                 deps, est = ("probe",), est * LM_FACTOR
             elif ref.kind == "lsa" and name == "density":
                 deps = (f"trained_vs_constructed/{ref.label}",)
+            if tuning and name in FT_SECTIONS and ref.kind in ("ginc", "lm"):
+                deps += (f"tune/{ref.label}",)
             key = f"{name}/{ref.label}"
             keys.append(key)
             tasks.append(Task(key, "part", deps, est * scale, name, ref))
@@ -168,17 +192,39 @@ def run_task(task: Task, cfg: DemoConfig) -> Any:
             return {"reason": None, "cpu_s": time.process_time() - start}
         except NotAvailable as err:
             return {"reason": one_line(err), "cpu_s": time.process_time() - start}
+    if task.kind == "tune":
+        return tune_model(task.ref, cfg) | {"cpu_s": time.process_time() - start}
     if task.kind == "part":
         section = get_section(task.section)
-        return measure_part(section, task.ref, cfg.settings(task.section), cfg.device,
-                            cfg.out / task.section)
+        return measure_part(section, task.ref, cfg.settings(task.section, task.ref.label),
+                            cfg.device, cfg.out / task.section)
     section = get_section(task.section)
     folder = cfg.out / task.section
     settings = cfg.settings(task.section)
-    wanted = settings_dict(settings)
-    parts = [_part_or_status(folder, ref, wanted) for ref in models_for(task.section, cfg)]
+    parts = [_part_or_status(folder, ref, settings_dict(cfg.settings(task.section, ref.label)))
+             for ref in models_for(task.section, cfg)]
     merge_parts(section, settings, parts).save(folder)
     return {"cpu_s": time.process_time() - start}
+
+
+def tune_model(ref: ModelRef, cfg: DemoConfig) -> dict[str, Any]:
+    """Choose the learning rate of every finetuning method the sections run on `ref`, once,
+    on held-out demonstrations (`sections_ft.learning_rates_for`); saved to `lr/<label>.json`
+    and `lr/<label>.csv`. A model that does not load leaves its parts to say so."""
+    from iclgd.analyses.sections_ft import learning_rates_for
+    from iclgd.results import write_csv, write_json
+
+    settings = cfg.settings("order")
+    try:
+        model = load_lm(ref, cfg.device)
+    except NotAvailable as err:
+        return {"status": f"not available: {one_line(err)}"}
+    n = settings.ginc_demos if ref.kind == "ginc" else settings.lm_demos
+    rates, info = learning_rates_for(model, ref, settings, cfg.tuned_methods(ref.kind), n)
+    write_json(cfg.out / "lr" / f"{ref.label}.json", {"rates": rates, "n_demos": n,
+                                                       "tune_queries": settings.tune_queries})
+    write_csv(cfg.out / "lr" / f"{ref.label}.csv", info["lr_search"])
+    return {"status": "ok", "rates": rates}
 
 
 def _part_or_status(folder: Path, ref: ModelRef, wanted: dict[str, Any]) -> Part:
@@ -214,8 +260,10 @@ class Scheduler:
         if marker.is_file() and json.loads(marker.read_text()) == self.tasks["train"].payload:
             self.done["train"] = "ok"
         for t in self.tasks.values():
+            if t.kind == "tune" and (self.cfg.out / "lr" / f"{t.ref.label}.json").is_file():
+                self.done[t.key] = "ok"
             if t.kind == "part":
-                wanted = settings_dict(self.cfg.settings(t.section))
+                wanted = settings_dict(self.cfg.settings(t.section, t.ref.label))
                 if load_part(self.cfg.out / t.section, t.ref.label, wanted) is not None:
                     self.done[t.key] = "ok"
         if self.done:
@@ -229,10 +277,17 @@ class Scheduler:
     def _resolve_blocked(self, task: Task) -> bool:
         """Settle a part whose dependency failed or whose LM is missing, without running it."""
         bad = [d for d in task.deps if self.done.get(d) != "ok"]
-        if task.kind != "part" or not bad:
+        if task.kind not in ("part", "tune") or not bad:
             return False
-        status = (f"not available: {self.lm_reason}" if bad == ["probe"] and self.lm_reason
-                  else f"failed: needs {bad[0]}, which {self.done[bad[0]]}")
+        if "probe" in bad and self.lm_reason:
+            status = f"not available: {self.lm_reason}"
+        elif self.done[bad[0]].startswith("not available"):
+            status = self.done[bad[0]]
+        else:
+            status = f"failed: needs {bad[0]}, which {self.done[bad[0]]}"
+        if task.kind == "tune":
+            self.done[task.key] = status
+            return True
         self._record_part(Part(task.ref.label, task.ref.spec, status,
                                provenance={"kind": task.ref.kind}), task)
         return True
@@ -266,6 +321,8 @@ class Scheduler:
         elif task.kind == "probe":
             self.lm_reason = result["reason"]
             self.done[task.key] = "ok" if result["reason"] is None else "not available"
+        elif task.kind == "tune":
+            self.done[task.key] = result["status"]
         else:
             self.done[task.key] = "ok"
 

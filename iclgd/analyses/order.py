@@ -115,34 +115,41 @@ def ft_distributions_by_epoch(
     seed: int = 0,
     layer: int | None = None,
     scratch: ScratchModel | None = None,
+    orders_per_run: int | None = None,
 ) -> dict[int, Tensor]:
     """`ft_distributions` after each epoch count in `epochs`, `{e: [P, batch, d_vocab]}`, from
     one finetuning run of `max(epochs)` epochs (`finetune_batched_epochs`: each snapshot equals
-    a separate run of that length; only one snapshot's deltas are held at a time)."""
+    a separate run of that length; only one snapshot's deltas are held at a time).
+    `orders_per_run` trains that many orderings per vmapped run (default: all at once); fewer
+    bound the memory of a large model (each ordering holds a copy of the trained weights and
+    their optimiser state) without changing the numbers."""
     from iclgd.probes.finetune import WeightDelta, finetune_batched_epochs
 
     scratch = scratch or ScratchModel(model)
     n = len(prompts)
-    out: dict[int, Tensor] = {}
+    out: dict[int, list[Tensor]] = {}
+    step = len(orders) if orders_per_run is None else orders_per_run
+    if step < 1:
+        raise IclgdError(f"orders_per_run must be >= 1, got {orders_per_run}")
+    for lo in range(0, len(orders), step):
+        chunk = orders[lo : lo + step]
 
-    def evaluate(e: int, deltas: list[WeightDelta]) -> None:
-        dists = []
-        for p in range(len(orders)):
-            d = deltas[p * n : (p + 1) * n] if prompts.per_query_demos else deltas[p]
-            dists.append(run_finetuned(model, prompts, d, scratch=scratch).probs)
-        out[e] = torch.stack(dists)
+        def evaluate(e: int, deltas: list[WeightDelta], chunk: Sequence[Any] = chunk) -> None:
+            for p in range(len(chunk)):
+                d = deltas[p * n : (p + 1) * n] if prompts.per_query_demos else deltas[p]
+                out.setdefault(e, []).append(run_finetuned(model, prompts, d, scratch=scratch).probs)
 
-    finetune_batched_epochs(
-        model,
-        _stack_orderings(prompts, orders),
-        method=method,
-        lr=lr,
-        epochs=epochs,
-        on_epoch=evaluate,
-        seed=seed,
-        layer=layer if method == "wv-layer" else None,
-    )
-    return out
+        finetune_batched_epochs(
+            model,
+            _stack_orderings(prompts, chunk),
+            method=method,
+            lr=lr,
+            epochs=epochs,
+            on_epoch=evaluate,
+            seed=seed,
+            layer=layer if method == "wv-layer" else None,
+        )
+    return {e: torch.stack(dists) for e, dists in out.items()}
 
 
 def _summary(dists: Tensor) -> tuple[float, float]:
@@ -164,9 +171,10 @@ def order_experiment(
     wv_layer: int | None = None,
     label: str = "trained",
     progress: Callable[[str], None] | None = None,
+    orders_per_run: int | None = None,
 ) -> list[dict[str, Any]]:
     """Order sensitivity of ICL and of each method after each epoch count of
-    `epoch_grid(epochs)`. Returns tidy rows `{model, n_demos, n_perms, setting, method, epoch,
+    `epoch_grid(epochs)` (`orders_per_run`: see `ft_distributions_by_epoch`). Returns tidy rows `{model, n_demos, n_perms, setting, method, epoch,
     order_sensitivity, se}` (`se` = standard error over queries; `setting` "icl" has method
     "" and epoch 0)."""
     orders = orderings(prompts.icl.n_demos, n_perms, seed=seed)
@@ -181,7 +189,7 @@ def order_experiment(
     for method in methods:
         by_epoch = ft_distributions_by_epoch(
             model, prompts, orders, method, lr=lr[method], epochs=grid, seed=seed,
-            layer=wv_layer, scratch=scratch,
+            layer=wv_layer, scratch=scratch, orders_per_run=orders_per_run,
         )
         for e in grid:
             mean, se = _summary(by_epoch[e])

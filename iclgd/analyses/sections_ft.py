@@ -39,12 +39,39 @@ def prompt_sets(model: Any, ref: ModelRef, demos: list[int], queries: int,
     """`{N: PromptSet}` and the task description for `ref` (GINC world or a text task)."""
     from iclgd.analyses.prompt_sets import load_prompt_sets
 
+    return load_prompt_sets(model, lm_task(ref, lm_tasks), demos, n_queries=queries, seed=seed)
+
+
+def lm_task(ref: ModelRef, lm_tasks: tuple[str, ...]) -> str:
+    """The task a part prompts with: "ginc" for a GINC model, else the first installed task."""
     if ref.kind == "ginc":
-        return load_prompt_sets(model, "ginc", demos, n_queries=queries, seed=seed)
+        return "ginc"
     tasks, _ = available_tasks(tuple(lm_tasks))
     if not tasks:
         raise NotAvailable(f"none of the tasks {', '.join(lm_tasks)} is installed")
-    return load_prompt_sets(model, tasks[0], demos, n_queries=queries, seed=seed)
+    return tasks[0]
+
+
+def learning_rates_for(model: Any, ref: ModelRef, settings: Any, methods: list[str],
+                       n_tune: int) -> tuple[dict[str, float], dict[str, Any]]:
+    """Each method's learning rate: `settings.lr` = "auto" (chosen on held-out demonstrations,
+    `iclgd.analyses.lr_search`, one epoch, `settings.tune_queries` held-out queries),
+    "default" (the untuned `DEFAULT_LR`) or explicit `(method, rate)` pairs."""
+    from iclgd.analyses.compare import learning_rates
+
+    if settings.lr == "default":
+        return learning_rates(None, methods), {"lr": "default"}
+    if settings.lr != "auto":
+        given = dict(settings.lr)
+        return learning_rates({m: given[m] for m in methods if m in given}, methods), {
+            "lr": "given"}
+    from iclgd.analyses.lr_search import search_learning_rates
+    from iclgd.analyses.prompt_sets import tuning_prompt_set
+
+    held = tuning_prompt_set(model, lm_task(ref, settings.lm_tasks), n_tune,
+                             n_heldout=settings.tune_queries, seed=settings.seed)
+    chosen, rows = search_learning_rates(model, held, methods, seed=settings.seed)
+    return chosen, {"lr": "auto", "lr_search": rows}
 
 
 def _mean_se(x: torch.Tensor) -> tuple[float, float]:
@@ -76,21 +103,23 @@ class OrderSettings:
     lm_demos: int = 4
     lm_queries: int = 4
     perms: int = 6
+    lm_perms: int = 3
     epochs: int = 8
-    lm_epochs: int = 4
+    lm_epochs: int = 2
     methods: tuple[str, ...] = ("gd", "sgd", "adam")
     lm_tasks: tuple[str, ...] = DEFAULT_LM_TASKS
+    lr: Any = "auto"
+    tune_queries: int = 8
     seed: int = 0
 
     @classmethod
     def quick(cls) -> OrderSettings:
-        return cls(ginc_demos=4, ginc_queries=2, lm_demos=2, lm_queries=2, perms=3, epochs=2,
-                   lm_epochs=1)
+        return cls(ginc_demos=4, ginc_queries=2, lm_demos=2, lm_queries=2, perms=3, lm_perms=2,
+                   epochs=2, lm_epochs=1, lr="default")
 
 
 def measure_order(ref: ModelRef, settings: OrderSettings, ctx: RunContext) -> Part:
     """ICL and each method's order sensitivity; ratios ICL/method at the last epoch."""
-    from iclgd.analyses.compare import learning_rates
     from iclgd.analyses.order import order_experiment
 
     model = load_lm(ref, ctx.device)
@@ -100,10 +129,13 @@ def measure_order(ref: ModelRef, settings: OrderSettings, ctx: RunContext) -> Pa
                              settings.lm_queries, settings.lm_tasks, settings.seed)
     methods = list(settings.methods)
     epochs = settings.epochs if ginc else settings.lm_epochs
-    rows = order_experiment(model, sets[n], methods, n_perms=settings.perms, epochs=epochs,
-                            lr=learning_rates(None, methods), seed=settings.seed)
+    lr, lr_info = learning_rates_for(model, ref, settings, methods, n)
+    rows = order_experiment(model, sets[n], methods, n_perms=settings.perms if ginc else
+                            settings.lm_perms, epochs=epochs, lr=lr, seed=settings.seed,
+                            orders_per_run=None if ginc else 1)
     icl = next(r for r in rows if r["setting"] == "icl")
     headline: dict[str, Any] = {"task": info["task"], "n_demos": n, "epochs": epochs,
+                                "perms": icl["n_perms"], "lr": lr,
                                 "icl": icl["order_sensitivity"], "icl_se": icl["se"]}
     for m in methods:
         last = max((r for r in rows if r["method"] == m), key=lambda r: r["epoch"])
@@ -113,7 +145,7 @@ def measure_order(ref: ModelRef, settings: OrderSettings, ctx: RunContext) -> Pa
                          f"ratio_{m}": r, f"ratio_{m}_se": se})
     return Part(ref.label, ref.spec, rows=[{k: v for k, v in r.items() if k != "model"}
                                            for r in rows], headline=headline,
-                provenance={"task": info})
+                extra=lr_info, provenance={"task": info})
 
 
 # ----------------------------------------------------------------------------- outputs
@@ -128,12 +160,14 @@ class OutputSettings:
     methods: tuple[str, ...] = ("gd", "sgd", "adam")
     lm_tasks: tuple[str, ...] = DEFAULT_LM_TASKS
     top_k: int = 10
+    lr: Any = "auto"
+    tune_queries: int = 8
     seed: int = 0
 
     @classmethod
     def quick(cls) -> OutputSettings:
         return cls(ginc_demos=(1, 2), ginc_queries=3, lm_demos=(1,), lm_queries=2,
-                   methods=("gd", "sgd"))
+                   methods=("gd", "sgd"), lr="default")
 
 
 def _per_query(store: dict[tuple[int, str], dict[str, torch.Tensor]], top_k: int):
@@ -155,7 +189,7 @@ def _per_query(store: dict[tuple[int, str], dict[str, torch.Tensor]], top_k: int
 
 def measure_outputs(ref: ModelRef, settings: OutputSettings, ctx: RunContext) -> Part:
     """Whole-model output metrics per N and method, with standard errors over queries."""
-    from iclgd.analyses.compare import compare_model, learning_rates
+    from iclgd.analyses.compare import compare_model
 
     model = load_lm(ref, ctx.device)
     ginc = ref.kind == "ginc"
@@ -163,8 +197,9 @@ def measure_outputs(ref: ModelRef, settings: OutputSettings, ctx: RunContext) ->
     sets, info = prompt_sets(model, ref, demos, settings.ginc_queries if ginc else
                              settings.lm_queries, settings.lm_tasks, settings.seed)
     methods = list(settings.methods)
+    lr, lr_info = learning_rates_for(model, ref, settings, methods, max(demos))
     store: dict[tuple[int, str], dict[str, torch.Tensor]] = {}
-    compare_model(model, sets, methods, lr=learning_rates(None, methods), seed=settings.seed,
+    compare_model(model, sets, methods, lr=lr, seed=settings.seed,
                   top_k=settings.top_k, delta_w=False, on_runs=_per_query(store, settings.top_k))
     rows = []
     for (n, method), values in sorted(store.items()):
@@ -175,14 +210,16 @@ def measure_outputs(ref: ModelRef, settings: OutputSettings, ctx: RunContext) ->
     n_max = max(sets)
     at = {(r["method"], r["metric"]): r for r in rows if r["n_demos"] == n_max}
     best = max(methods, key=lambda m: at[(m, "token_overlap")]["value"])
-    headline: dict[str, Any] = {"task": info["task"], "n_demos": n_max, "best_method": best}
+    headline: dict[str, Any] = {"task": info["task"], "n_demos": n_max, "best_method": best,
+                                "lr": lr, "queries": at[(best, "accuracy_icl")]["queries"]}
     for key in ("accuracy_zs", "accuracy_icl", "token_overlap_floor", "overlap_cosine_floor"):
         headline[key], headline[f"{key}_se"] = at[(best, key)]["value"], at[(best, key)]["se"]
     for m in methods:
         for key in ("accuracy_ft", "token_overlap", "overlap_cosine"):
             headline[f"{key}_{m}"] = at[(m, key)]["value"]
             headline[f"{key}_{m}_se"] = at[(m, key)]["se"]
-    return Part(ref.label, ref.spec, rows=rows, headline=headline, provenance={"task": info})
+    return Part(ref.label, ref.spec, rows=rows, headline=headline, extra=lr_info,
+                provenance={"task": info})
 
 
 # ----------------------------------------------------------------------------- dual form
@@ -196,12 +233,16 @@ class DualFormSettings:
     lm_demos: int = 4
     lm_queries: int = 8
     methods: tuple[str, ...] = ("kv", "gd", "layer-causal")
+    lm_methods: tuple[str, ...] = ("kv", "gd")
     lm_tasks: tuple[str, ...] = DEFAULT_LM_TASKS
+    lr: Any = "auto"
+    tune_queries: int = 8
     seed: int = 0
 
     @classmethod
     def quick(cls) -> DualFormSettings:
-        return cls(ginc_demos=2, ginc_queries=3, lm_demos=1, lm_queries=2, methods=("kv",))
+        return cls(ginc_demos=2, ginc_queries=3, lm_demos=1, lm_queries=2, methods=("kv",),
+                   lm_methods=("kv",), lr="default")
 
 
 LAYER_METRICS = ("simaou_norm", "simaou_raw", "simam_after", "simam_delta", "kendall_tau",
@@ -228,7 +269,7 @@ def _simaou_store(store: dict[tuple[str, str], dict[str, torch.Tensor]], label: 
 def measure_dual_form(ref: ModelRef, settings: DualFormSettings, ctx: RunContext) -> Part:
     """Per-layer similarities on the model and on its untrained control; per-query SimAOU
     (mean over layers) gives the headline standard errors."""
-    from iclgd.analyses.compare import compare_model, learning_rates
+    from iclgd.analyses.compare import compare_model
     from iclgd.analyses.control import untrained_control
 
     model = load_lm(ref, ctx.device)
@@ -236,15 +277,16 @@ def measure_dual_form(ref: ModelRef, settings: DualFormSettings, ctx: RunContext
     n = settings.ginc_demos if ginc else settings.lm_demos
     sets, info = prompt_sets(model, ref, [n], settings.ginc_queries if ginc else
                              settings.lm_queries, settings.lm_tasks, settings.seed)
-    methods = list(settings.methods)
-    lr = learning_rates(None, methods)
+    methods = list(settings.methods if ginc else settings.lm_methods)
+    lr, lr_info = learning_rates_for(model, ref, settings, methods, n)
     store: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
     rows = []
     for label, m in (("trained", model), ("untrained", untrained_control(model, seed=settings.seed))):
         rows += compare_model(m, sets, methods, lr=lr, seed=settings.seed, label=label,
                               on_runs=_simaou_store(store, label, settings.seed))
     headline: dict[str, Any] = {"task": info["task"], "n_demos": n, "methods": methods,
-                                "n_layers": int(model.cfg.n_layers)}
+                                "n_layers": int(model.cfg.n_layers), "lr": lr,
+                                "queries": len(sets[n])}
     for (label, method), values in store.items():
         for metric, v in values.items():
             mean, se = _mean_se(v)
@@ -269,7 +311,7 @@ def measure_dual_form(ref: ModelRef, settings: DualFormSettings, ctx: RunContext
         headline[f"simam_before_{label}"] = sum(before) / len(before) if before else None
     return Part(ref.label, ref.spec, rows=[{("copy" if k == "model" else k): v for k, v in
                                             r.items()} for r in rows],
-                headline=headline, provenance={"task": info})
+                headline=headline, extra=lr_info, provenance={"task": info})
 
 
 # ----------------------------------------------------------------------------- plots

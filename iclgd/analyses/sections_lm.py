@@ -32,7 +32,7 @@ from iclgd.analyses.section_base import (
 )
 from iclgd.probes.density import DEFAULT_THRESHOLDS, fractions_below, threshold_key
 
-DEFAULT_LM_TASKS = ("sentiment", "capitals", "plural", "antonyms")
+DEFAULT_LM_TASKS = ("sentiment", "country-capital", "past-tense")
 GRID_RESIDUAL = 0.05  # mean block residual below which weights count as lying on a grid
 
 
