@@ -237,6 +237,27 @@ def _part_or_status(folder: Path, ref: ModelRef, wanted: dict[str, Any]) -> Part
 
 
 # ----------------------------------------------------------------------------- scheduler
+def critical_path(tasks: list[Task]) -> dict[str, float]:
+    """Per task its estimate plus the longest chain of estimates of the tasks waiting on it:
+    the ready task with the longest remaining chain starts first (so the real LM's load and
+    tuning start beside the GINC training, not after the short toy parts)."""
+    after: dict[str, list[str]] = {t.key: [] for t in tasks}
+    for t in tasks:
+        for d in t.deps:
+            after[d].append(t.key)
+    est = {t.key: t.estimate for t in tasks}
+    rank: dict[str, float] = {}
+
+    def visit(key: str) -> float:
+        if key not in rank:
+            rank[key] = est[key] + max((visit(k) for k in after[key]), default=0.0)
+        return rank[key]
+
+    for t in tasks:
+        visit(t.key)
+    return rank
+
+
 def _say(msg: str) -> None:
     print(f"[demo] {msg}", file=sys.stderr, flush=True)
 
@@ -251,6 +272,7 @@ class Scheduler:
     def __init__(self, cfg: DemoConfig, say: Callable[[str], None] = _say) -> None:
         self.cfg, self.say = cfg, say
         self.tasks = {t.key: t for t in plan(cfg)}
+        self.rank = critical_path(list(self.tasks.values()))
         self.done: dict[str, str] = {}  # key -> "ok" / "failed: ..." / "not available: ..."
         self.cpu: dict[str, float] = {}
         self.lm_reason: str | None = None
@@ -272,7 +294,7 @@ class Scheduler:
     def _ready(self) -> list[Task]:
         ready = [t for k, t in self.tasks.items() if k not in self.done
                  and all(d in self.done for d in t.deps)]
-        return sorted(ready, key=lambda t: -t.estimate)
+        return sorted(ready, key=lambda t: -self.rank[t.key])
 
     def _resolve_blocked(self, task: Task) -> bool:
         """Settle a part whose dependency failed or whose LM is missing, without running it."""

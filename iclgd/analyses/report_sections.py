@@ -91,13 +91,16 @@ def density(rec: dict[str, Any]) -> dict[str, Any]:
         if h.get("kind") in ("ginc", "lm"):
             tau = h["verdict_threshold"]
             line = (f"`{label}`: {pct(h['fraction_below'][tau])} of raw attention/MLP entries "
-                    f"below {tau} (untrained copy {pct(h['fraction_below_untrained'][tau])}); "
-                    f"below 1e-02: {pct(h['fraction_below']['1e-02'])}")
+                    f"below {tau} (untrained copy {pct(h['fraction_below_untrained'][tau])})"
+                    + (f"; below 1e-02: {pct(h['fraction_below']['1e-02'])}" if tau != "1e-02"
+                       else ""))
             grid = h.get("grid") or {}
             if grid.get("on_grid"):
-                line += (f"; weights lie on a per-block quantisation grid (median step "
-                         f"{fmt(grid['median_step'])}, residual {fmt(grid['mean_residual'])}): "
-                         "thresholds below half a step measure the grid")
+                line += (f"; the weights lie on a per-block quantisation grid (median step "
+                         f"{fmt(grid['median_step'])}, mean residual "
+                         f"{fmt(grid['mean_residual'])}): thresholds below half a step "
+                         f"({fmt(grid['median_step'] / 2)}) count grid points near zero, a fact "
+                         "about the weights as run, not about the model before quantisation")
             nums.append(line)
         elif h.get("kind") == "lsa":
             nums.append(f"`{label}` (trained on the ICL objective): "
@@ -146,8 +149,8 @@ def order(rec: dict[str, Any]) -> dict[str, Any]:
     nums = []
     for label, h in rec["headline"].items():
         ms = [m for m in ("gd", "sgd", "adam") if m in h]
-        nums.append(f"`{label}` ({h['task']}, N = {h['n_demos']}, {rec['settings']['perms']} "
-                    f"orderings, after {h['epochs']} epochs): ICL {pm(h['icl'], h['icl_se'])}; "
+        nums.append(f"`{label}` ({h['task']}, N = {h['n_demos']}, {h['perms']} orderings, "
+                    f"after {h['epochs']} epochs): ICL {pm(h['icl'], h['icl_se'])}; "
                     + ", ".join(f"{m} {pm(h[m], h[m + '_se'])} (ICL/{m} "
                                 f"{pm(h['ratio_' + m], h['ratio_' + m + '_se'])})" for m in ms))
     return {"what": "For P orderings of the same N demonstrations: per vocabulary entry the "

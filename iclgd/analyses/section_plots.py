@@ -101,7 +101,8 @@ def lsa_losses(result: SectionResult) -> Figure:
 # ----------------------------------------------------------------------------- density
 def density_curves(result: SectionResult) -> Figure:
     """Fraction of |w| < τ against τ for every model: trained solid, untrained copies dashed,
-    constructions at width 4096 dotted; a quantised model's half grid step as a vertical line."""
+    constructions at residual width 4096 dotted (their own width is in the CSV); a quantised
+    model's half grid step as a vertical band."""
     if not result.headline:
         return _empty("weight density")
     fig, ax = plt.subplots(figsize=(7.2, 4.6))
@@ -114,7 +115,7 @@ def density_curves(result: SectionResult) -> Figure:
             if not curve:
                 continue
             if key == "fraction_below" and h.get("kind") == "construction":
-                style, suffix = (0, (1, 4)), " (own width)"
+                continue  # their own width (d = 10) is in the CSV; the figure shows 4096
             taus = sorted(curve, key=float)
             ax.plot([float(t) for t in taus], [curve[t] for t in taus], linestyle=style,
                     marker="o", markersize=3, color=color, label=f"{label}{suffix}")

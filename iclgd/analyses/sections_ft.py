@@ -99,7 +99,7 @@ class OrderSettings:
     epochs by each of `methods`; a GINC model and a text LM may use different sizes."""
 
     ginc_demos: int = 8
-    ginc_queries: int = 8
+    ginc_queries: int = 16
     lm_demos: int = 4
     lm_queries: int = 4
     perms: int = 6

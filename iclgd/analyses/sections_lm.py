@@ -163,7 +163,7 @@ class EmergentSettings:
     ginc_prompts: int = 300
     lm_n: tuple[int, ...] = (0, 1, 2, 4, 8)
     lm_tasks: tuple[str, ...] = DEFAULT_LM_TASKS
-    lm_queries: int = 24
+    lm_queries: int = 16
     seed: int = 0
 
     @classmethod

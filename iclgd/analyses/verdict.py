@@ -120,8 +120,14 @@ def rule_dual_form(res: dict[str, dict[str, Any]]) -> dict[str, Cell]:
         z = _z(t, st, u, su)
         verdict = (SUPPORTS if z > Z and _z(t, st, r, sr) > Z else
                    CONTRADICTS if z < -Z else INCONCLUSIVE)
+        others = "; ".join(
+            f"{o}: {_pm(h[f'simaou_raw_{o}_trained'], h[f'simaou_raw_{o}_trained_se'])} vs "
+            f"untrained {_pm(h[f'simaou_raw_{o}_untrained'], h[f'simaou_raw_{o}_untrained_se'])}"
+            for o in h["methods"] if o != m and f"simaou_raw_{o}_trained" in h)
         out[label] = Cell(verdict, f"SimAOU raw ({m}, N = {h['n_demos']}) {_pm(t, st)}",
-                          f"untrained {_pm(u, su)}; random {_pm(r, sr)}", _src("dual_form"))
+                          f"untrained {_pm(u, su)}; random {_pm(r, sr)}"
+                          + (f" (other methods, not in the verdict: {others})" if others else ""),
+                          _src("dual_form"))
     return out
 
 
@@ -217,7 +223,8 @@ def rule_density(res: dict[str, dict[str, Any]]) -> dict[str, Cell]:
     """Shen et al. (2024), density: the constructions need near-zero weights almost everywhere
     at LLM width (the least sparse of von Oswald's, Akyürek's and Ahn's key/query matrices at
     residual width 4096). For a model, the fraction of raw attention/MLP entries with |w| < τ
-    (τ = 1e-3, or the first threshold above half a quantisation grid's step): supports when it
+    (τ = 1e-3, or for weights on a quantisation grid the first threshold at or above half its
+    step, the largest one when none is): supports when it
     reaches the constructions' zero fraction; contradicts when it is more than 0.01 below;
     inconclusive in between. Controls: the untrained copy (and, for the ICL-objective
     linear-attention model, the same rule)."""
@@ -241,7 +248,9 @@ def rule_density(res: dict[str, dict[str, Any]]) -> dict[str, Cell]:
         if "fraction_below_untrained" in h:
             ctrl += f"; untrained copy {h['fraction_below_untrained'][tau]:.3f}"
         if (h.get("grid") or {}).get("on_grid"):
-            ctrl += f"; quantisation step {h['grid']['median_step']:.1e}"
+            half = h["grid"]["median_step"] / 2
+            ctrl += (f"; weights on a quantisation grid, half step {half:.1e}"
+                     + (" (τ below it: counts grid points)" if float(tau) < half else ""))
         cell = Cell(verdict, f"fraction |w| < {tau}: {frac:.3f}", ctrl, _src("density"))
         if kind == "lsa":
             out.setdefault("toy", cell)

@@ -138,3 +138,62 @@ def test_part_round_trips_through_json(tmp_path):
     save_part(tmp_path, part)
     assert load_part(tmp_path, "a", {"s": 1}) == part
     assert load_part(tmp_path, "a", {"s": 2}) is None
+
+
+def test_learning_rates_default_given_and_tuned(tiny_task_lm):
+    from iclgd.analyses.compare import DEFAULT_LR
+    from iclgd.analyses.lr_search import default_grid
+    from iclgd.analyses.sections_ft import OrderSettings, learning_rates_for
+    from iclgd.hooks import load_model
+
+    ref = ModelRef("lm", str(tiny_task_lm), "lm")
+    model = load_model(str(tiny_task_lm), device="cpu")
+    base = OrderSettings(lm_tasks=("capitals",), tune_queries=4)
+    rates, _ = learning_rates_for(model, ref, OrderSettings(lr="default"), ["gd", "adam"], 2)
+    assert rates == {"gd": DEFAULT_LR["gd"], "adam": DEFAULT_LR["adam"]}
+    rates, _ = learning_rates_for(model, ref, OrderSettings(lr=(("gd", 0.5),)), ["gd"], 2)
+    assert rates == {"gd": 0.5}
+    rates, info = learning_rates_for(model, ref, base, ["gd", "adam"], 2)
+    assert rates["gd"] in default_grid("gd") and rates["adam"] in default_grid("adam")
+    assert sum(r["chosen"] for r in info["lr_search"]) == 2
+
+
+def test_demo_tunes_each_model_once_and_passes_the_rates(tiny_task_lm, tmp_path):
+    from iclgd.analyses.demo_plan import DemoConfig, plan, tune_model
+
+    cfg = DemoConfig(out=tmp_path, lm=str(tiny_task_lm), lm_tasks=("capitals",))
+    keys = {t.key: t for t in plan(cfg)}
+    assert "tune/ginc" in keys and f"tune/{tiny_task_lm.name}" in keys
+    assert f"tune/{tiny_task_lm.name}" in keys[f"order/{tiny_task_lm.name}"].deps
+    assert "tune/ginc" not in keys["density/ginc"].deps
+    ref = keys[f"tune/{tiny_task_lm.name}"].ref
+    got = tune_model(ref, cfg)
+    assert got["status"] == "ok" and set(got["rates"]) == {"gd", "sgd", "adam", "kv"}
+    order = cfg.settings("order", ref.label)
+    assert dict(order.lr) == got["rates"]
+    assert cfg.settings("density", ref.label) == cfg.settings("density")
+    assert (tmp_path / "lr" / f"{ref.label}.csv").is_file()
+
+
+def test_critical_path_starts_long_chains_first():
+    from iclgd.analyses.demo_plan import Task, critical_path
+
+    tasks = [Task("train", "train", estimate=100), Task("probe", "probe", estimate=5),
+             Task("lm/a", "part", ("probe",), 60), Task("lm/b", "part", ("probe",), 50),
+             Task("toy", "part", (), 30), Task("ginc", "part", ("train",), 10)]
+    rank = critical_path(tasks)
+    assert rank == {"train": 110, "probe": 65, "lm/a": 60, "lm/b": 50, "toy": 30, "ginc": 10}
+
+
+@pytest.mark.slow
+def test_block_grid_agrees_with_the_recorded_q4_1_steps(smollm2_folder):
+    import statistics
+
+    from iclgd.analyses.sections_lm import quantisation_grid
+    from iclgd.hooks import load_model
+    from iclgd.hooks.named_models import quantisation_grid as recorded
+
+    grid = quantisation_grid(load_model("smollm2-135m", device="cpu"))
+    steps = [v["d_median"] for v in recorded(smollm2_folder).values() if v["type"] == "Q4_1"]
+    assert grid["on_grid"] and grid["mean_residual"] < 0.01
+    assert grid["median_step"] == pytest.approx(statistics.median(steps), rel=0.02)
