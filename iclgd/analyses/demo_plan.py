@@ -171,7 +171,10 @@ def plan(cfg: DemoConfig) -> list[Task]:
 def _init_worker() -> None:
     import torch
 
+    from iclgd.runtime import keep_freed_memory
+
     torch.set_num_threads(1)
+    keep_freed_memory()  # forked workers inherit it; spawned ones need it set again
 
 
 def run_task(task: Task, cfg: DemoConfig) -> Any:
@@ -362,7 +365,9 @@ class Scheduler:
         t0, c0 = time.perf_counter(), time.process_time()
         self._skip_done()
         running: dict[Future, tuple[Task, float]] = {}
-        ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
+        # forked workers start with the parent's imports; CUDA cannot be used after a fork
+        fork = "fork" in mp.get_all_start_methods() and not self.cfg.device.startswith("cuda")
+        ctx = mp.get_context("fork" if fork else "spawn")
         with ProcessPoolExecutor(max_workers=self.cfg.jobs, mp_context=ctx,
                                  initializer=_init_worker) as pool:
             while len(self.done) < len(self.tasks):

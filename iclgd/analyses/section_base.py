@@ -72,6 +72,14 @@ def load_lm(ref: ModelRef, device: str = "cpu") -> Any:
         raise NotAvailable(one_line(err)) from err
 
 
+def lm_provenance(model: Any, **extra: Any) -> dict[str, Any]:
+    """A part's provenance for a loaded model: `iclgd.hooks.model_provenance` (source,
+    checkpoint, processing, dtype, quantised source file) plus `extra`."""
+    from iclgd.hooks import model_provenance
+
+    return {**model_provenance(model), **extra}
+
+
 def one_line(err: BaseException) -> str:
     """The first line of an exception's message (its type name when empty), at most 200 chars."""
     text = str(err).strip()

@@ -29,6 +29,7 @@ from iclgd.analyses.section_base import (
     RunContext,
     Section,
     SectionResult,
+    lm_provenance,
     load_lm,
 )
 from iclgd.analyses.sections_lm import DEFAULT_LM_TASKS, available_tasks
@@ -145,7 +146,8 @@ def measure_order(ref: ModelRef, settings: OrderSettings, ctx: RunContext) -> Pa
                          f"ratio_{m}": r, f"ratio_{m}_se": se})
     return Part(ref.label, ref.spec, rows=[{k: v for k, v in r.items() if k != "model"}
                                            for r in rows], headline=headline,
-                extra=lr_info, provenance={"task": info})
+                extra=lr_info,
+                provenance=lm_provenance(model, task=info))
 
 
 # ----------------------------------------------------------------------------- outputs
@@ -219,7 +221,7 @@ def measure_outputs(ref: ModelRef, settings: OutputSettings, ctx: RunContext) ->
             headline[f"{key}_{m}"] = at[(m, key)]["value"]
             headline[f"{key}_{m}_se"] = at[(m, key)]["se"]
     return Part(ref.label, ref.spec, rows=rows, headline=headline, extra=lr_info,
-                provenance={"task": info})
+                provenance=lm_provenance(model, task=info))
 
 
 # ----------------------------------------------------------------------------- dual form
@@ -311,7 +313,8 @@ def measure_dual_form(ref: ModelRef, settings: DualFormSettings, ctx: RunContext
         headline[f"simam_before_{label}"] = sum(before) / len(before) if before else None
     return Part(ref.label, ref.spec, rows=[{("copy" if k == "model" else k): v for k, v in
                                             r.items()} for r in rows],
-                headline=headline, extra=lr_info, provenance={"task": info})
+                headline=headline, extra=lr_info,
+                provenance=lm_provenance(model, task=info))
 
 
 # ----------------------------------------------------------------------------- plots

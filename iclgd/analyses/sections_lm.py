@@ -28,6 +28,7 @@ from iclgd.analyses.section_base import (
     RunContext,
     Section,
     SectionResult,
+    lm_provenance,
     load_lm,
 )
 from iclgd.probes.density import DEFAULT_THRESHOLDS, fractions_below, threshold_key
@@ -118,6 +119,7 @@ def measure_density(ref: ModelRef, settings: DensitySettings, ctx: RunContext) -
     th = tuple(settings.thresholds)
     rows: list[dict[str, Any]] = []
     headline: dict[str, Any] = {"kind": ref.kind}
+    prov: dict[str, Any] = {}
     if ref.kind == "construction":
         from iclgd.constructions.audit import density_at_width
         from iclgd.constructions.registry import build_construction
@@ -145,11 +147,12 @@ def measure_density(ref: ModelRef, settings: DensitySettings, ctx: RunContext) -
                 _lm_matrices(untrained_control(model, seed=settings.seed)), th),
             "grid": grid, "verdict_threshold": threshold_key(verdict_threshold(th, grid)),
         })
+        prov = lm_provenance(model)
     for key in ("fraction_below", "fraction_below_4096", "fraction_below_untrained"):
         for tau, value in headline.get(key, {}).items():
             rows.append({"weights": key.removeprefix("fraction_below").strip("_") or "trained",
                          "threshold": tau, "fraction_below": value})
-    return Part(ref.label, ref.spec, rows=rows, headline=headline)
+    return Part(ref.label, ref.spec, rows=rows, headline=headline, provenance=prov)
 
 
 # ----------------------------------------------------------------------------- emergent ICL
@@ -207,7 +210,8 @@ def _emergent_ginc(ref: ModelRef, model: Any, settings: EmergentSettings) -> Par
                          f"{concepts}_pretrained_bayes_gain": _gain(
                              got, "pretrained_bayes_accuracy", "pretrained_bayes_se")[0]})
     headline.update({"gain": headline["in_gain"], "gain_se": headline["in_gain_se"]})
-    return Part(ref.label, ref.spec, rows=rows, headline=headline)
+    return Part(ref.label, ref.spec, rows=rows, headline=headline,
+                provenance=lm_provenance(model))
 
 
 def _emergent_lm(ref: ModelRef, model: Any, settings: EmergentSettings) -> Part:
@@ -239,7 +243,8 @@ def _emergent_lm(ref: ModelRef, model: Any, settings: EmergentSettings) -> Part:
     gain_se = sum(s**2 for _, s in per_task.values()) ** 0.5 / len(per_task)
     return Part(ref.label, ref.spec, rows=rows, headline={
         "tasks": tasks, "unavailable_tasks": missing, "gain": gain, "gain_se": gain_se,
-        "n_max": max(settings.lm_n), "gain_by_task": {k: v[0] for k, v in per_task.items()}})
+        "n_max": max(settings.lm_n), "gain_by_task": {k: v[0] for k, v in per_task.items()}},
+        provenance=lm_provenance(model))
 
 
 # ----------------------------------------------------------------------------- evolution

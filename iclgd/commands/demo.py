@@ -17,7 +17,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("demo", help="every test on the toy models, GINC and a real LM; "
                                            "one report with a verdict per claim")
     p.add_argument("--out", default="runs/demo", help="results folder (default runs/demo)")
-    p.add_argument("--device", default="cpu", help="cpu (default), cuda, auto")
+    p.add_argument("--device", default="auto", help="auto (default: CUDA when available), cpu, cuda")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true",
                    help="every section at reduced size (about 2 minutes; numbers are not "
