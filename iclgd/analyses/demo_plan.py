@@ -351,6 +351,15 @@ class Scheduler:
         else:
             self.done[task.key] = "ok"
 
+    @staticmethod
+    def _lm_busy(task: Task, running: dict[Future, tuple[Task, float]]) -> bool:
+        """One real-LM task at a time: each holds the model, a finetuned copy and optimiser
+        state (several GB for SmolLM2), and the LM's tasks form one chain anyway."""
+        def is_lm(t: Task) -> bool:
+            return t.ref is not None and t.ref.kind == "lm" and t.kind != "finish"
+
+        return is_lm(task) and any(is_lm(t) for t, _ in running.values())
+
     def _eta(self, running: dict[Future, tuple[Task, float]]) -> float:
         est = sum(self.tasks[k].estimate for k in self.cpu if k in self.tasks)
         ratio = min(max(sum(self.cpu.values()) / est, 0.3), 3.0) if est > 1 else 1.0
@@ -377,7 +386,7 @@ class Scheduler:
                     if self._resolve_blocked(task):
                         self._report(task, running)
                         continue
-                    if len(running) < self.cfg.jobs:
+                    if len(running) < self.cfg.jobs and not self._lm_busy(task, running):
                         fut = pool.submit(run_task, task, self.cfg)
                         running[fut] = (task, time.perf_counter())
                 if not running:

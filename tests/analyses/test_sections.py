@@ -197,3 +197,13 @@ def test_block_grid_agrees_with_the_recorded_q4_1_steps(smollm2_folder):
     steps = [v["d_median"] for v in recorded(smollm2_folder).values() if v["type"] == "Q4_1"]
     assert grid["on_grid"] and grid["mean_residual"] < 0.01
     assert grid["median_step"] == pytest.approx(statistics.median(steps), rel=0.02)
+
+
+def test_one_real_lm_task_at_a_time():
+    from iclgd.analyses.demo_plan import Scheduler, Task
+
+    lm, ginc = ModelRef("lm", "x", "lm"), ModelRef("ginc", "g", "ginc")
+    running = {object(): (Task("order/lm", "part", ref=lm), 0.0)}
+    assert Scheduler._lm_busy(Task("outputs/lm", "part", ref=lm), running)
+    assert not Scheduler._lm_busy(Task("outputs/ginc", "part", ref=ginc), running)
+    assert not Scheduler._lm_busy(Task("outputs/lm", "part", ref=lm), {})
