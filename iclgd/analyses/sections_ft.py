@@ -132,8 +132,7 @@ def measure_order(ref: ModelRef, settings: OrderSettings, ctx: RunContext) -> Pa
     epochs = settings.epochs if ginc else settings.lm_epochs
     lr, lr_info = learning_rates_for(model, ref, settings, methods, n)
     rows = order_experiment(model, sets[n], methods, n_perms=settings.perms if ginc else
-                            settings.lm_perms, epochs=epochs, lr=lr, seed=settings.seed,
-                            orders_per_run=None if ginc else 1)
+                            settings.lm_perms, epochs=epochs, lr=lr, seed=settings.seed)
     icl = next(r for r in rows if r["setting"] == "icl")
     headline: dict[str, Any] = {"task": info["task"], "n_demos": n, "epochs": epochs,
                                 "perms": icl["n_perms"], "lr": lr,
