@@ -1,4 +1,9 @@
-"""The `iclgd` command. Bad input prints one line to stderr and exits with status 2."""
+"""The `iclgd` command.
+
+Exit status: 0 on success; 2 for bad input — an `IclgdError` (one line on stderr: what was wrong
+and what to do) or an argument argparse rejects; 1 for anything else, which is a bug in iclgd:
+its traceback is printed. `ICLGD_DEBUG=1` re-raises bad-input errors with their traceback too.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +11,11 @@ import argparse
 import importlib
 import os
 import sys
+import traceback
 from collections.abc import Sequence
 
 from iclgd.commands import COMMAND_MODULES
+from iclgd.errors import IclgdError
 from iclgd.runtime import keep_freed_memory
 
 
@@ -24,8 +31,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the exit status."""
     parser = build_parser()
@@ -38,12 +43,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("iclgd: interrupted", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, NotADirectoryError, KeyError, OSError) as err:
+    except IclgdError as err:
         if os.environ.get("ICLGD_DEBUG"):
             raise
         msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         print(f"iclgd {args.command}: error: {msg}", file=sys.stderr)
         return 2
+    except Exception:  # not bad input: a bug, shown as one
+        traceback.print_exc()
+        print(f"iclgd {args.command}: internal error (a bug in iclgd, not in your input): please "
+              "report it with the traceback above", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -137,6 +137,20 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
 
 
+def read_json(path: str | Path) -> Any:
+    """A JSON file iclgd was pointed at (a model's config.json, ginc.json, ...); `IclgdError`
+    naming the file when it is missing or not valid JSON (bad input, not a bug)."""
+    from iclgd.errors import IclgdError
+
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as err:
+        raise IclgdError(f"{path} not found") from err
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise IclgdError(f"{path} is not valid JSON ({err}): the file is corrupt") from err
+
+
 def versions() -> dict[str, str]:
     """Versions of Python and the libraries whose numerics affect results."""
     out = {"python": sys.version.split()[0], "platform": platform.platform()}

@@ -30,3 +30,27 @@ def test_failed_writes_keep_the_old_file(tmp_path):
     with pytest.raises(RuntimeError):
         save_figure(Broken(), tmp_path / "t.txt")
     assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["t.txt"]
+
+
+def test_read_json_turns_missing_and_corrupt_files_into_bad_input(tmp_path):
+    from iclgd.errors import IclgdError
+    from iclgd.results import read_json
+
+    (tmp_path / "ok.json").write_text('{"a": 1}')
+    assert read_json(tmp_path / "ok.json") == {"a": 1}
+    (tmp_path / "bad.json").write_text('{"a": ')
+    with pytest.raises(IclgdError, match="bad.json is not valid JSON"):
+        read_json(tmp_path / "bad.json")
+    with pytest.raises(IclgdError, match="nope.json not found"):
+        read_json(tmp_path / "nope.json")
+
+
+def test_a_corrupt_ginc_json_is_bad_input(tmp_path):
+    from iclgd.data.ginc_hmm import load_ginc_config
+    from iclgd.errors import IclgdError
+
+    with pytest.raises(IclgdError, match="ginc.json not found"):
+        load_ginc_config(tmp_path)
+    (tmp_path / "ginc.json").write_text("{not json")
+    with pytest.raises(IclgdError, match="not valid JSON"):
+        load_ginc_config(tmp_path)

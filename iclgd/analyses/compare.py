@@ -1,4 +1,4 @@
-"""ICL vs finetuning, layer by layer, with the controls that keep the numbers honest (REFERENCE §4).
+"""ICL vs finetuning, layer by layer, with the controls that keep the numbers honest.
 
 For every number of demonstrations N and finetuning method, the settings ZS (query alone), ICL
 (demonstrations + query) and FT (finetuned on the demonstrations, then run zero-shot) are
@@ -17,18 +17,23 @@ metrics that involve no finetuning, `layer` empty for whole-model metrics):
   (seeded random) order: the noise floor (trivially 1 for N = 1);
 - `rec2ftp` — `#(ZS wrong, FT right, ICL right) / #(ZS wrong, FT right)` (Dai; empty when no
   query has ZS wrong and FT right);
-- per layer: `simaou_norm` (Dai: unit-normalised before subtracting) and `simaou_raw`
-  (Deutch: raw differences), with `simaou_random_norm` / `simaou_random_raw` (FT update replaced
-  by U[0,1)^d, Dai's random baseline); `simam_after` (ICL vs FT) and `simam_before` (ZS vs ICL,
-  Dai's baseline) on pre-softmax scores over the query tokens, `simam_delta` (Deutch:
-  cos(a_ICL − a_ZS, a_FT − a_ZS));
-- per layer `kendall_tau` (Dai): τ-a between ICL's attention to the demonstration tokens
-  (softmax probabilities from the answer position, mean over heads) and FT's attention to its
-  training tokens, read as Dai's dual form does: FT's update of a linear layer acting on the
-  query, `ΔW x_q = Σ_t e_t (x'_t · x_q)`, weights training token `t` by the linear-attention
-  score `x'_t · x_q`, with `x'_t` = the attention block's normalised input at training token `t`
+- per layer: `simaou_norm` (unit-normalised before subtracting: what Dai's and Deutch et al.'s
+  code compute) and `simaou_raw` (raw differences), with `simaou_random_norm` /
+  `simaou_random_raw` (FT update replaced by U[0,1)^d, Dai's random baseline); `simam_after` (ICL
+  vs FT) and `simam_before` (ZS vs ICL, Dai's baseline) on pre-softmax scores over the query
+  tokens, `simam_delta` (Deutch: cos(a_ICL − a_ZS, a_FT − a_ZS));
+- per layer, Dai's training-token attention in their exact recipe
+  (`iclgd.analyses.compare_dai`): `kendall_tau` (τ-b, token level), `topk_recall_tokens` (K =
+  100), `kendall_tau_examples`, `topk_recall_examples` (K = 5), each with `..._random`;
+- per layer `kendall_tau_dual_form`, iclgd's variant of the same question: τ-b between ICL's
+  attention probabilities to the demonstration tokens (softmax from the answer position, mean
+  over heads, every token) and the linear-attention score `x'_t · x_q` that Dai's dual form
+  gives training token `t` (FT's update of a linear layer acting on the query, `ΔW x_q = Σ_t e_t
+  (x'_t · x_q)`), with `x'_t` = the attention block's normalised input at training token `t`
   (each demonstration run as its own sequence) and `x_q` the same at the query's answer
   position, both under the finetuned weights;
+- Dai's f2t mode (`iclgd.analyses.compare_dai`): the SimAOU and SimAM rows again, over the
+  queries with ZS wrong and FT and ICL right only (`..._f2t`), and their count `n_f2t`;
 - per layer `dw_*` — the weight-space comparison of the implied `ΔW_ICL` with the actual
   `ΔW_FT` (`iclgd.analyses.compare_dw`).
 
@@ -38,13 +43,15 @@ the untrained control (`iclgd.analyses.control`), written with `model = "untrain
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from iclgd.analyses.compare_dai import dai_metrics
 from iclgd.analyses.runs import (
+    DEFAULT_BATCH,
     PromptSet,
     RunCapture,
     run_finetuned,
@@ -53,6 +60,7 @@ from iclgd.analyses.runs import (
 )
 from iclgd.analyses.scratch import ScratchModel
 from iclgd.errors import IclgdError
+from iclgd.hooks.batching import BatchSize
 from iclgd.probes import metrics
 
 METHODS = ("gd", "sgd", "adam", "kv", "layer-causal", "wv-layer")
@@ -81,6 +89,22 @@ SUMMARY_METRICS = (
     "simam_after",
     "simam_delta",
     "kendall_tau",
+    "kendall_tau_random",
+    "topk_recall_tokens",
+    "topk_recall_tokens_random",
+    "kendall_tau_examples",
+    "kendall_tau_examples_random",
+    "topk_recall_examples",
+    "topk_recall_examples_random",
+    "kendall_tau_dual_form",
+    "n_f2t",
+    "simaou_norm_f2t",
+    "simaou_raw_f2t",
+    "simaou_random_norm_f2t",
+    "simaou_random_raw_f2t",
+    "simam_before_f2t",
+    "simam_after_f2t",
+    "simam_delta_f2t",
 )
 
 
@@ -161,8 +185,8 @@ def setting_metrics(
 
 def layer_metrics(zs: RunCapture, icl: RunCapture, ft: RunCapture) -> dict[str, Tensor]:
     """Per-layer ICL-vs-FT similarities `[n_layers]`, averaged over heads then queries:
-    SimAOU (normalised and raw), SimAM after, SimAM_Δ, and Kendall τ (needs `icl.demo_attention`
-    and FT's `attn_in` / `demo_inputs`; NaN otherwise)."""
+    SimAOU (normalised and raw), SimAM after, SimAM_Δ, and the dual-form Kendall τ variant
+    (needs `icl.demo_attention` and FT's `attn_in` / `demo_inputs`; NaN otherwise)."""
     out = {
         "simaou_norm": _mean(
             metrics.simaou(icl.attn_out, zs.attn_out, ft.attn_out, normalize=True)
@@ -175,14 +199,15 @@ def layer_metrics(zs: RunCapture, icl: RunCapture, ft: RunCapture) -> dict[str, 
             metrics.simam_delta(icl.query_scores, zs.query_scores, ft.query_scores).mean(-1)
         ),
     }
-    out["kendall_tau"] = kendall_per_layer(icl, ft)
+    out["kendall_tau_dual_form"] = kendall_per_layer(icl, ft)
     return out
 
 
 def kendall_per_layer(icl: RunCapture, ft: RunCapture) -> Tensor:
-    """Kendall τ per layer between ICL's head-averaged attention to the demonstration tokens
-    and FT's dual-form attention `x'_t · x_q` to its training tokens (module docstring),
-    averaged over queries. Values within 1e-9 (relative to the row's largest) count as ties. `[n_layers]`; NaN when either side is missing or lengths differ."""
+    """iclgd's dual-form Kendall τ-b per layer between ICL's head-averaged attention to the
+    demonstration tokens and FT's dual-form attention `x'_t · x_q` to its training tokens (module
+    docstring), averaged over queries. Values within 1e-9 (relative to the row's largest) count
+    as ties. `[n_layers]`; NaN when either side is missing or lengths differ."""
     n_layers = icl.attn_out.shape[1]
     if icl.demo_attention is None or ft.attn_in is None or ft.demo_inputs is None:
         return torch.full((n_layers,), float("nan"), dtype=torch.float64)
@@ -247,6 +272,18 @@ def random_order(n: int, generator: torch.Generator) -> list[int]:
             return order
 
 
+def cell_generator(seed: int, n_demos: int, method: str = "") -> torch.Generator:
+    """The generator of one cell's random draws, seeded by `(seed, N)` (N's reordering and
+    random baselines) or `(seed, N, method)` (that method's training-attention baselines)."""
+    import zlib
+
+    import numpy as np
+
+    key = [seed, n_demos] + ([zlib.crc32(method.encode())] if method else [])
+    state = np.random.SeedSequence(key).generate_state(2, dtype=np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
 def compare_model(
     model: Any,
     prompt_sets: dict[int, PromptSet],
@@ -260,17 +297,25 @@ def compare_model(
     label: str = "trained",
     delta_w: bool = True,
     progress: Callable[[str], None] | None = None,
-    on_runs: Callable[[int, str, dict[str, RunCapture]], None] | None = None,
+    cells: Collection[tuple[int, str]] | None = None,
+    batch_size: BatchSize = DEFAULT_BATCH,
+    on_runs: Callable[[int, str, dict[str, RunCapture | None]], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Run ZS, ICL (twice: two demonstration orders) and FT per method for every N in
     `prompt_sets`, and return tidy rows `{model: label, n_demos, method, metric, layer, value}`
     (see the module docstring). `wv_layer` defaults to the middle layer (`n_layers // 2`).
-    `progress(msg)` is called after each finetuning run; `on_runs(n, method, runs)` gets that
-    run's captures `{"zs", "icl", "icl_reordered", "ft"}` (per-query statistics, e.g. standard
-    errors, without capturing again)."""
+    `progress(msg)` is called after each finetuning run.
+
+    `cells`: only these `(n_demos, method)` cells (method "" = the metrics without finetuning;
+    None = all), e.g. one shard's share (`iclgd.analyses.shards`). Each cell's numbers do not
+    depend on the other cells run: the reordering and random baselines of N draw from a
+    generator seeded by `(seed, N)`. `batch_size`: prompts per forward pass, or "auto".
+
+    `on_runs(n, method, runs)` gets each finetuning run's captures `{"zs", "icl",
+    "icl_reordered", "ft"}` (`icl_reordered` None when the cell without finetuning is not run),
+    for per-query statistics such as standard errors without capturing again."""
     n_layers = int(model.cfg.n_layers)
     wv_layer = n_layers // 2 if wv_layer is None else wv_layer
-    gen = torch.Generator().manual_seed(seed)
     scratch = ScratchModel(model)
     rows: list[dict[str, Any]] = []
 
@@ -292,31 +337,43 @@ def compare_model(
 
     zs = None
     for n, prompts in sorted(prompt_sets.items()):
+        wanted = [m for m in ("", *methods) if cells is None or (n, m) in cells]
+        if not wanted:
+            continue
         if zs is None:  # the ZS prompts are the same for every N
-            zs = run_zero_shot(model, prompts)
-        icl = run_icl(model, prompts)
-        icl_re = run_icl(model, prompts.reordered(random_order(n, gen)))
-        for metric, value in setting_metrics(zs, icl, icl_re, top_k=top_k, generator=gen).items():
-            if isinstance(value, Tensor):
-                add_layers(n, "", metric, value)
-            else:
-                add(n, "", metric, value)
+            zs = run_zero_shot(model, prompts, batch_size=batch_size)
+        icl = run_icl(model, prompts, batch_size=batch_size)
+        icl_re = None
+        if "" in wanted:
+            gen = cell_generator(seed, n)
+            icl_re = run_icl(model, prompts.reordered(random_order(n, gen)), batch_size=batch_size)
+            for metric, value in setting_metrics(
+                zs, icl, icl_re, top_k=top_k, generator=gen
+            ).items():
+                if isinstance(value, Tensor):
+                    add_layers(n, "", metric, value)
+                else:
+                    add(n, "", metric, value)
         dw = None
-        if delta_w:
+        if delta_w and any(wanted):
             from iclgd.analyses.compare_dw import DeltaWComparison
 
             dw = DeltaWComparison(model, prompts)  # ΔW_ICL once per N, reused by every method
-        for method in methods:
+        for method in (m for m in wanted if m):
             deltas = finetune_prompts(
                 model, prompts, method, lr=lr[method], epochs=epochs, seed=seed, layer=wv_layer
             )
             shared = deltas[0] if len(deltas) == 1 and not prompts.per_query_demos else deltas
-            ft = run_finetuned(model, prompts, shared, scratch=scratch, kendall=True)
+            ft = run_finetuned(model, prompts, shared, scratch=scratch, kendall=True,
+                               batch_size=batch_size)
             check_finite(ft, f"{method} finetuning (lr={lr[method]}, N={n})")
             for metric, value in output_metrics(zs, icl, ft, top_k=top_k).items():
                 add(n, method, metric, value)
             for metric, values in layer_metrics(zs, icl, ft).items():
                 add_layers(n, method, metric, values)
+            for metric, value in dai_metrics(zs, icl, ft, prompts,
+                                                   generator=cell_generator(seed, n, method)).items():
+                (add_layers if isinstance(value, Tensor) else add)(n, method, metric, value)
             if dw is not None:
                 for r in dw.rows(deltas):
                     add(n, method, r["metric"], r["value"], r["layer"])

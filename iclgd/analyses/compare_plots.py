@@ -38,8 +38,8 @@ def plot_layer_metric(
     title: str | None = None,
 ) -> Figure:
     """One per-layer similarity (e.g. `simaou_norm`) per method at `n_demos` demonstrations,
-    with a method-free `baseline` metric (e.g. `simaou_random_norm`) in grey; untrained control
-    dashed."""
+    with its `baseline` metric: method-free (e.g. `simaou_random_norm`) in grey, or per method
+    (e.g. `kendall_tau_random`) faded in the method's colour; untrained control dashed."""
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     methods = sorted({r["method"] for r in rows if r["method"]})
     colors = {m: f"C{i}" for i, m in enumerate(methods)}
@@ -53,6 +53,12 @@ def plot_layer_metric(
             x, y = _per_layer(rows, model=label, n_demos=n_demos, method="", metric=baseline)
             if x:
                 ax.plot(x, y, style, color="grey", label=f"{baseline} ({label})")
+            for method in methods if not x else ():
+                bx, by = _per_layer(rows, model=label, n_demos=n_demos, method=method,
+                                    metric=baseline)
+                if bx:
+                    ax.plot(bx, by, style, color=colors[method], alpha=0.35,
+                            label=f"{method} {baseline} ({label})")
     ax.axhline(0.0, color="black", linewidth=0.5)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("layer")

@@ -77,6 +77,7 @@ class DemoConfig:
     lm: str | None = "smollm2-135m"
     lm_tasks: tuple[str, ...] | None = None
     jobs: int = 2
+    dtype: str | None = None
 
     def settings(self, section: str, label: str | None = None) -> Any:
         """The section's settings (quick or full, the demo's LM tasks and seed); for a
@@ -191,7 +192,7 @@ def run_task(task: Task, cfg: DemoConfig) -> Any:
         return {"code": code, "cpu_s": time.process_time() - start}
     if task.kind == "probe":
         try:
-            load_lm(task.ref, cfg.device)
+            load_lm(task.ref, cfg.device, cfg.dtype)
             return {"reason": None, "cpu_s": time.process_time() - start}
         except NotAvailable as err:
             return {"reason": one_line(err), "cpu_s": time.process_time() - start}
@@ -200,7 +201,7 @@ def run_task(task: Task, cfg: DemoConfig) -> Any:
     if task.kind == "part":
         section = get_section(task.section)
         return measure_part(section, task.ref, cfg.settings(task.section, task.ref.label),
-                            cfg.device, cfg.out / task.section)
+                            cfg.device, cfg.out / task.section, cfg.dtype)
     section = get_section(task.section)
     folder = cfg.out / task.section
     settings = cfg.settings(task.section)
@@ -219,7 +220,7 @@ def tune_model(ref: ModelRef, cfg: DemoConfig) -> dict[str, Any]:
 
     settings = cfg.settings("order")
     try:
-        model = load_lm(ref, cfg.device)
+        model = load_lm(ref, cfg.device, cfg.dtype)
     except NotAvailable as err:
         return {"status": f"not available: {one_line(err)}"}
     n = settings.ginc_demos if ref.kind == "ginc" else settings.lm_demos

@@ -26,10 +26,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from iclgd.analyses.runs import PromptSet, run_finetuned, run_icl
+from iclgd.analyses.runs import DEFAULT_BATCH, PromptSet, run_finetuned, run_icl
 from iclgd.analyses.scratch import ScratchModel
 from iclgd.data.tasks import TokenizedDemos
 from iclgd.errors import IclgdError
+from iclgd.hooks.batching import BatchSize
 from iclgd.probes.metrics import order_sensitivity
 
 
@@ -63,9 +64,13 @@ def epoch_grid(epochs: int, max_points: int = 8) -> list[int]:
     return sorted(set(pts.tolist()) | {1, epochs})
 
 
-def icl_distributions(model: Any, prompts: PromptSet, orders: Sequence[Sequence[int]]) -> Tensor:
+def icl_distributions(
+    model: Any, prompts: PromptSet, orders: Sequence[Sequence[int]], *,
+    batch_size: BatchSize = DEFAULT_BATCH,
+) -> Tensor:
     """Next-token distributions of the ICL prompts under each ordering `[P, batch, d_vocab]`."""
-    return torch.stack([run_icl(model, prompts.reordered(o)).probs for o in orders])
+    return torch.stack([run_icl(model, prompts.reordered(o), batch_size=batch_size).probs
+                        for o in orders])
 
 
 def _stack_orderings(prompts: PromptSet, orders: Sequence[Sequence[int]]) -> TokenizedDemos:
@@ -115,41 +120,37 @@ def ft_distributions_by_epoch(
     seed: int = 0,
     layer: int | None = None,
     scratch: ScratchModel | None = None,
-    orders_per_run: int | None = None,
+    batch_size: BatchSize = DEFAULT_BATCH,
 ) -> dict[int, Tensor]:
     """`ft_distributions` after each epoch count in `epochs`, `{e: [P, batch, d_vocab]}`, from
     one finetuning run of `max(epochs)` epochs (`finetune_batched_epochs`: each snapshot equals
-    a separate run of that length; only one snapshot's deltas are held at a time).
-    `orders_per_run` trains that many orderings per vmapped run (default: all at once); fewer
-    bound the memory of a large model (each ordering holds a copy of the trained weights and
-    their optimiser state) without changing the numbers."""
+    a separate run of that length; only one snapshot's deltas are held at a time)."""
     from iclgd.probes.finetune import WeightDelta, finetune_batched_epochs
 
     scratch = scratch or ScratchModel(model)
     n = len(prompts)
-    out: dict[int, list[Tensor]] = {}
-    step = len(orders) if orders_per_run is None else orders_per_run
-    if step < 1:
-        raise IclgdError(f"orders_per_run must be >= 1, got {orders_per_run}")
-    for lo in range(0, len(orders), step):
-        chunk = orders[lo : lo + step]
+    out: dict[int, Tensor] = {}
 
-        def evaluate(e: int, deltas: list[WeightDelta], chunk: Sequence[Any] = chunk) -> None:
-            for p in range(len(chunk)):
-                d = deltas[p * n : (p + 1) * n] if prompts.per_query_demos else deltas[p]
-                out.setdefault(e, []).append(run_finetuned(model, prompts, d, scratch=scratch).probs)
+    def evaluate(e: int, deltas: list[WeightDelta]) -> None:
+        dists = []
+        for p in range(len(orders)):
+            d = deltas[p * n : (p + 1) * n] if prompts.per_query_demos else deltas[p]
+            dists.append(
+                run_finetuned(model, prompts, d, scratch=scratch, batch_size=batch_size).probs
+            )
+        out[e] = torch.stack(dists)
 
-        finetune_batched_epochs(
-            model,
-            _stack_orderings(prompts, chunk),
-            method=method,
-            lr=lr,
-            epochs=epochs,
-            on_epoch=evaluate,
-            seed=seed,
-            layer=layer if method == "wv-layer" else None,
-        )
-    return {e: torch.stack(dists) for e, dists in out.items()}
+    finetune_batched_epochs(
+        model,
+        _stack_orderings(prompts, orders),
+        method=method,
+        lr=lr,
+        epochs=epochs,
+        on_epoch=evaluate,
+        seed=seed,
+        layer=layer if method == "wv-layer" else None,
+    )
+    return out
 
 
 def _summary(dists: Tensor) -> tuple[float, float]:
@@ -171,17 +172,17 @@ def order_experiment(
     wv_layer: int | None = None,
     label: str = "trained",
     progress: Callable[[str], None] | None = None,
-    orders_per_run: int | None = None,
+    batch_size: BatchSize = DEFAULT_BATCH,
 ) -> list[dict[str, Any]]:
     """Order sensitivity of ICL and of each method after each epoch count of
-    `epoch_grid(epochs)` (`orders_per_run`: see `ft_distributions_by_epoch`). Returns tidy rows `{model, n_demos, n_perms, setting, method, epoch,
+    `epoch_grid(epochs)`. Returns tidy rows `{model, n_demos, n_perms, setting, method, epoch,
     order_sensitivity, se}` (`se` = standard error over queries; `setting` "icl" has method
-    "" and epoch 0)."""
+    "" and epoch 0). `batch_size`: prompts per forward pass, or "auto"."""
     orders = orderings(prompts.icl.n_demos, n_perms, seed=seed)
     wv_layer = int(model.cfg.n_layers) // 2 if wv_layer is None else wv_layer
     scratch = ScratchModel(model)
     base = {"model": label, "n_demos": prompts.icl.n_demos, "n_perms": n_perms}
-    mean, se = _summary(icl_distributions(model, prompts, orders))
+    mean, se = _summary(icl_distributions(model, prompts, orders, batch_size=batch_size))
     rows = [
         {**base, "setting": "icl", "method": "", "epoch": 0, "order_sensitivity": mean, "se": se}
     ]
@@ -189,7 +190,7 @@ def order_experiment(
     for method in methods:
         by_epoch = ft_distributions_by_epoch(
             model, prompts, orders, method, lr=lr[method], epochs=grid, seed=seed,
-            layer=wv_layer, scratch=scratch, orders_per_run=orders_per_run,
+            layer=wv_layer, scratch=scratch, batch_size=batch_size,
         )
         for e in grid:
             mean, se = _summary(by_epoch[e])

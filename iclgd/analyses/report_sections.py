@@ -231,7 +231,8 @@ def evolution(rec: dict[str, Any]) -> dict[str, Any]:
                     f"{h['late_step']} {pct(h['late_gain'], h['late_gain_se'])} → step "
                     f"{h['final_step']} {pct(h['final_gain'], h['final_gain_se'])} while the "
                     f"weights moved {fmt(h['late_drift'])} (relative distance); ICL score "
-                    f"{pm(h['icl_score_final'], h['icl_score_final_se'])} nats; {formed}")
+                    f"{pm(h['icl_score_final'], h['icl_score_final_se'])} nats; {formed}"
+                    + (f". Sweep: {h['sweep_verdict']}" if h.get("sweep_verdict") else ""))
     return {"what": "Every training checkpoint of the series: ICL gain (accuracy at the largest "
                     "n minus n = 0, GINC in-distribution, k = 3), Olsson et al. (2022)'s ICL "
                     "score (late minus early token loss), induction-head scores (prefix "

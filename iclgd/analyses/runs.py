@@ -1,4 +1,4 @@
-"""The three settings the ICL-vs-GD probes compare (REFERENCE §4), captured at the answer position.
+"""The three settings the ICL-vs-GD probes compare (Dai et al. 2023), captured at the answer position.
 
 - ZS (`run_zero_shot`): the query alone;
 - ICL (`run_icl`): demonstrations + query;
@@ -16,10 +16,14 @@ position (the last prompt token, whose logits predict the answer) of, per layer 
   in every setting (the query segment is tokenised identically with or without
   demonstrations), and the vectors are stored left-aligned, zero-padded to the longest query
   (zeros add nothing to a dot product or a norm, so cosines equal the unpadded ones);
-- `blocks.{l}.attn.hook_pattern` — ICL only: the attention probabilities from the answer
-  position to every demonstration token (Kendall τ);
-- `blocks.{l}.ln1.hook_out` — ZS only: the attention block's normalised input at the answer
+- ICL only, from the answer position to every demonstration token: the attention probabilities
+  (`blocks.{l}.attn.hook_pattern`) and the pre-softmax scores (`hook_attn_scores`), for the
+  training-token attention (`iclgd.probes.training_attention`);
+- `blocks.{l}.ln1.hook_out` — ZS and FT: the attention block's normalised input at the answer
   position (the query vector `x` of Dai's dual form, for FT's attention to training tokens);
+- `blocks.{l}.attn.hook_q` — FT: the query projection at the answer position (all heads
+  concatenated, before any rotary embedding), and the same at the training tokens (Dai's FT side
+  of the training-token attention);
 - the next-token logits.
 
 FT runs use a private copy of the model (`ScratchModel`) into which `W_before + ΔW` are loaded
@@ -41,6 +45,7 @@ from iclgd.analyses.scratch import ScratchModel
 from iclgd.data.tasks import TokenizedDemos, TokenizedTask
 from iclgd.errors import IclgdError
 from iclgd.hooks import capture
+from iclgd.hooks.batching import BatchSize, model_device, run_batched
 
 DEFAULT_BATCH = 32
 
@@ -50,12 +55,15 @@ class RunCapture:
     """One setting's activations at the answer position of every query (CPU tensors).
 
     `attn_out [batch, n_layers, d_model]`; `query_scores [batch, n_layers, n_heads,
-    max_query_len]` (left-aligned, zero-padded); `query_len [batch]`; `demo_attention [batch,
-    n_layers, n_heads, n_demo_tokens]` (ICL only, else None); `attn_in [batch, n_layers,
-    d_model]` (when requested, else None); `demo_inputs [batch, n_layers, n_train_tokens,
-    d_model]` (FT with `kendall=True`: the finetuned model's normalised attention inputs at its
-    training tokens, see `demo_attention_inputs`); `logits [batch, d_vocab]`; `answer_ids
-    [batch]`.
+    max_query_len]` (left-aligned, zero-padded); `query_len [batch]`; `demo_attention` and
+    `demo_scores [batch, n_layers, n_heads, n_demo_tokens]` (ICL only, else None: probabilities
+    and pre-softmax scores from the answer position to the demonstration tokens); `attn_in [batch,
+    n_layers, d_model]` (when requested, else None); `query_q [batch, n_layers, n_heads * d_head]`
+    (when requested: `hook_q` at the answer position); `demo_inputs [batch, n_layers,
+    n_train_tokens, d_model]` and `demo_queries [batch, n_layers, n_train_tokens, n_heads *
+    d_head]` (FT with `kendall=True`: the finetuned model's normalised attention inputs and query
+    projections at its training tokens, see `demo_activations`); `logits [batch, d_vocab]`;
+    `answer_ids [batch]`.
     """
 
     setting: str
@@ -67,6 +75,9 @@ class RunCapture:
     demo_attention: Float[Tensor, "batch n_layers n_heads n_demo_tokens"] | None = None
     attn_in: Float[Tensor, "batch n_layers d_model"] | None = None
     demo_inputs: Float[Tensor, "batch n_layers n_train_tokens d_model"] | None = None
+    demo_scores: Float[Tensor, "batch n_layers n_heads n_demo_tokens"] | None = None
+    query_q: Float[Tensor, "batch n_layers d_q"] | None = None
+    demo_queries: Float[Tensor, "batch n_layers n_train_tokens d_q"] | None = None
 
     def __len__(self) -> int:
         return int(self.logits.shape[0])
@@ -209,7 +220,7 @@ def reorder_demonstrations(task: TokenizedTask, order: Sequence[int] | Tensor) -
 
 
 # ----------------------------------------------------------------------------- capture
-def _names(n_layers: int, *, pattern: bool, attn_in: bool) -> list[str]:
+def _names(n_layers: int, *, pattern: bool, attn_in: bool, queries: bool = False) -> list[str]:
     names = []
     for layer in range(n_layers):
         names += [f"blocks.{layer}.hook_attn_out", f"blocks.{layer}.attn.hook_attn_scores"]
@@ -217,7 +228,14 @@ def _names(n_layers: int, *, pattern: bool, attn_in: bool) -> list[str]:
             names.append(f"blocks.{layer}.attn.hook_pattern")
         if attn_in:
             names.append(f"blocks.{layer}.ln1.hook_out")
+        if queries:
+            names.append(f"blocks.{layer}.attn.hook_q")
     return names
+
+
+def _layers(got: dict[str, Tensor], name: str, n_layers: int) -> Tensor:
+    """`got[blocks.{l}.{name}]` stacked over layers on axis 1."""
+    return torch.stack([got[f"blocks.{i}.{name}"] for i in range(n_layers)], 1)
 
 
 def _demo_range(task: TokenizedTask) -> tuple[Tensor, int]:
@@ -236,16 +254,19 @@ def run_prompts(
     setting: str,
     demo_attention: bool = False,
     attn_in: bool = False,
-    batch_size: int = DEFAULT_BATCH,
+    queries: bool = False,
+    batch_size: BatchSize = DEFAULT_BATCH,
 ) -> RunCapture:
     """Capture the answer-position activations of `task`'s prompts (see the module docstring).
 
     `query_len [batch]` = each query's own token count; `demo_attention` also keeps the
-    attention probabilities to the demonstration tokens (needs demonstrations), `attn_in` the
-    attention blocks' normalised inputs. Rows run in batches of `batch_size`.
+    attention probabilities and pre-softmax scores to the demonstration tokens (needs
+    demonstrations), `attn_in` the attention blocks' normalised inputs, `queries` the query
+    projections (heads concatenated). Rows run in batches of `batch_size` (an int, or
+    `"auto"`/`AutoBatch`: halved on GPU out-of-memory).
     """
     n_layers = int(model.cfg.n_layers)
-    names = _names(n_layers, pattern=demo_attention, attn_in=attn_in)
+    names = _names(n_layers, pattern=demo_attention, attn_in=attn_in, queries=queries)
     if demo_attention:
         if task.n_demos == 0:
             raise IclgdError("demo_attention needs prompts with demonstrations")
@@ -254,9 +275,10 @@ def run_prompts(
     if query_len.shape != (len(task),):
         raise IclgdError(f"query_len must have one entry per prompt ({len(task)})")
     q_max = int(query_len.max())
-    parts: dict[str, list[Tensor]] = {k: [] for k in ("out", "scores", "pattern", "in", "logits")}
-    for lo in range(0, len(task), batch_size):
-        rows = torch.arange(lo, min(lo + batch_size, len(task)))
+
+    def step(lo: int, hi: int) -> dict[str, Tensor]:
+        rows = torch.arange(lo, hi)
+        chunk: dict[str, Tensor] = {}
         width = int(task.lengths[rows].max())
         got = capture(
             model,
@@ -265,30 +287,32 @@ def run_prompts(
             positions=task.answer_pos[rows],
             return_logits=True,
         )
-        parts["out"].append(
-            torch.stack([got[f"blocks.{i}.hook_attn_out"] for i in range(n_layers)], 1)
-        )
-        scores = torch.stack([got[f"blocks.{i}.attn.hook_attn_scores"] for i in range(n_layers)], 1)
+        chunk["out"] = _layers(got, "hook_attn_out", n_layers)
+        scores = _layers(got, "attn.hook_attn_scores", n_layers)
         # query token j of row b sits at answer_pos - query_len + 1 + j
         offs = torch.arange(q_max)
         first = task.answer_pos[rows] - query_len[rows] + 1
         pos = (first[:, None] + offs[None, :]).clamp(max=scores.shape[-1] - 1)
         keep = offs[None, :] < query_len[rows, None]
         picked = scores.gather(-1, pos[:, None, None, :].expand(*scores.shape[:3], q_max))
-        parts["scores"].append(
-            torch.where(keep[:, None, None, :], picked, torch.zeros_like(picked))
-        )
+        chunk["scores"] = torch.where(keep[:, None, None, :], picked, torch.zeros_like(picked))
         if demo_attention:
-            pat = torch.stack([got[f"blocks.{i}.attn.hook_pattern"] for i in range(n_layers)], 1)
+            pat = _layers(got, "attn.hook_pattern", n_layers)
             dpos = starts[rows, None] + torch.arange(n_demo_tok)[None, :]
-            parts["pattern"].append(
-                pat.gather(-1, dpos[:, None, None, :].expand(*pat.shape[:3], n_demo_tok))
-            )
+            didx = dpos[:, None, None, :].expand(*pat.shape[:3], n_demo_tok)
+            chunk["pattern"] = pat.gather(-1, didx)
+            chunk["demo_scores"] = scores.gather(-1, didx)
         if attn_in:
-            parts["in"].append(
-                torch.stack([got[f"blocks.{i}.ln1.hook_out"] for i in range(n_layers)], 1)
-            )
-        parts["logits"].append(got["logits"])
+            chunk["in"] = _layers(got, "ln1.hook_out", n_layers)
+        if queries:
+            chunk["q"] = _layers(got, "attn.hook_q", n_layers).flatten(-2)
+        chunk["logits"] = got["logits"]
+        return chunk
+
+    chunks = run_batched(len(task), batch_size, step, default=DEFAULT_BATCH,
+                         device=model_device(model), what=f"{setting} capture")
+    keys = ("out", "scores", "pattern", "demo_scores", "in", "q", "logits")
+    parts = {k: [c[k] for c in chunks if k in c] for k in keys}
     return RunCapture(
         setting=setting,
         attn_out=torch.cat(parts["out"]),
@@ -298,17 +322,23 @@ def run_prompts(
         answer_ids=task.answer_ids.clone(),
         demo_attention=torch.cat(parts["pattern"]) if demo_attention else None,
         attn_in=torch.cat(parts["in"]) if attn_in else None,
+        demo_scores=torch.cat(parts["demo_scores"]) if demo_attention else None,
+        query_q=torch.cat(parts["q"]) if queries else None,
     )
 
 
-def run_zero_shot(model: Any, prompts: PromptSet, *, batch_size: int = DEFAULT_BATCH) -> RunCapture:
+def run_zero_shot(
+    model: Any, prompts: PromptSet, *, batch_size: BatchSize = DEFAULT_BATCH
+) -> RunCapture:
     """ZS: the queries alone; also keeps the attention inputs (`attn_in`) for Kendall τ."""
     return run_prompts(
         model, prompts.zs, prompts.query_len, setting="zs", attn_in=True, batch_size=batch_size
     )
 
 
-def run_icl(model: Any, prompts: PromptSet, *, batch_size: int = DEFAULT_BATCH) -> RunCapture:
+def run_icl(
+    model: Any, prompts: PromptSet, *, batch_size: BatchSize = DEFAULT_BATCH
+) -> RunCapture:
     """ICL: demonstrations + query; also keeps the attention to the demonstration tokens."""
     return run_prompts(
         model,
@@ -328,15 +358,15 @@ def run_finetuned(
     *,
     scratch: ScratchModel | None = None,
     kendall: bool = False,
-    batch_size: int = DEFAULT_BATCH,
+    batch_size: BatchSize = DEFAULT_BATCH,
 ) -> RunCapture:
     """FT: the ZS prompts on the model with the finetuning update added (caller's model intact).
 
     `delta` is one `WeightDelta` (or `{hf_name: ΔW}` mapping) shared by every query, or a
     sequence of one per query (per-query demonstrations, e.g. GINC), run one query at a time.
     Pass a `ScratchModel` built once from `model` to reuse its copy across calls. `kendall`
-    also keeps the finetuned model's attention inputs at the answer position (`attn_in`) and at
-    its training tokens (`demo_inputs`). With a zero delta the result equals `run_zero_shot`
+    also keeps the finetuned model's attention inputs and query projections at the answer
+    position (`attn_in`, `query_q`) and at its training tokens (`demo_inputs`, `demo_queries`). With a zero delta the result equals `run_zero_shot`
     exactly (for per-query deltas: `run_zero_shot(..., batch_size=1)`; other batch sizes agree
     to float rounding).
     """
@@ -361,13 +391,15 @@ def run_finetuned(
                 sub.query_len,
                 setting="ft",
                 attn_in=kendall,
+                queries=kendall,
                 batch_size=batch_size,
             )
             if kendall:
-                inputs = demo_attention_inputs(ft_model, sub.demos, batch_size=batch_size)
-                if inputs.ndim == 3:  # shared demonstrations: [n_layers, n_tok, d_model]
-                    inputs = inputs.expand(len(sub), *inputs.shape)
-                run = replace(run, demo_inputs=inputs)
+                acts = demo_activations(ft_model, sub.demos, DEMO_HOOKS, batch_size=batch_size)
+                if sub.demos.tokens.ndim == 2:  # shared: [n_layers, n_tok, d] for every query
+                    acts = {k: v.expand(len(sub), *v.shape) for k, v in acts.items()}
+                run = replace(run, demo_inputs=acts["ln1.hook_out"],
+                              demo_queries=acts["attn.hook_q"])
             runs.append(run)
     finally:
         scratch.load(None)
@@ -397,31 +429,61 @@ def concat_runs(runs: Sequence[RunCapture]) -> RunCapture:
         demo_attention=cat("demo_attention"),
         attn_in=cat("attn_in"),
         demo_inputs=cat("demo_inputs"),
+        demo_scores=cat("demo_scores"),
+        query_q=cat("query_q"),
+        demo_queries=cat("demo_queries"),
     )
 
 
+DEMO_HOOKS = ("ln1.hook_out", "attn.hook_q")
+
+
 def demo_attention_inputs(
-    model: Any, demos: TokenizedDemos, *, batch_size: int = DEFAULT_BATCH
+    model: Any, demos: TokenizedDemos, *, batch_size: BatchSize = DEFAULT_BATCH
 ) -> Float[Tensor, "... n_layers n_tokens d_model"]:
     """The attention blocks' normalised inputs (`blocks.{l}.ln1.hook_out`) at every real token
-    of the demonstrations, each run as its own sequence by the model before finetuning: the
-    `x'_t` of Dai's dual form. `demos [..., n_demos, seq]` → `[..., n_layers, n_tokens,
-    d_model]` with the demonstrations' real tokens concatenated in order (every task must have
-    the same number of real tokens)."""
+    of the demonstrations, each run as its own sequence by `model`: the `x'_t` of Dai's dual
+    form (see `demo_activations`)."""
+    return demo_activations(model, demos, ("ln1.hook_out",), batch_size=batch_size)["ln1.hook_out"]
+
+
+def demo_activations(
+    model: Any,
+    demos: TokenizedDemos,
+    hooks: Sequence[str] = DEMO_HOOKS,
+    *,
+    batch_size: BatchSize = DEFAULT_BATCH,
+) -> dict[str, Float[Tensor, "... n_layers n_tokens d"]]:
+    """Per-layer activations `blocks.{l}.{hook}` at every real token of the demonstrations, each
+    demonstration run as its own sequence by `model` (for FT: the finetuned model). `demos
+    [..., n_demos, seq]` → `{hook: [..., n_layers, n_tokens, d]}` with the demonstrations' real
+    tokens concatenated in order (every task must have the same number of real tokens); per-head
+    hooks (`attn.hook_q`) have their heads concatenated."""
     n_layers = int(model.cfg.n_layers)
     lead = demos.tokens.shape[:-2]
     flat_tok = demos.tokens.reshape(-1, demos.tokens.shape[-1])
     flat_valid = demos.valid.reshape(-1, demos.tokens.shape[-1])
-    names = [f"blocks.{i}.ln1.hook_out" for i in range(n_layers)]
-    chunks = []
-    for lo in range(0, flat_tok.shape[0], batch_size):
-        got = capture(model, flat_tok[lo : lo + batch_size], names)
-        chunks.append(torch.stack([got[n] for n in names], 1))  # [b, n_layers, seq, d_model]
-    acts = torch.cat(chunks).reshape(*lead, demos.n_demos, n_layers, flat_tok.shape[-1], -1)
+    names = [f"blocks.{i}.{h}" for h in hooks for i in range(n_layers)]
+
+    def step(lo: int, hi: int) -> dict[str, Tensor]:
+        got = capture(model, flat_tok[lo:hi], names)
+        out: dict[str, Tensor] = {}
+        for h in hooks:  # [b, n_layers, seq, d]
+            act = _layers(got, h, n_layers)
+            out[h] = act.flatten(3) if act.ndim == 5 else act
+        return out
+
+    parts = run_batched(flat_tok.shape[0], batch_size, step, default=DEFAULT_BATCH,
+                        device=model_device(model), what="demonstration capture")
+    chunks = {h: [c[h] for c in parts] for h in hooks}
     valid = flat_valid.reshape(*lead, demos.n_demos, -1)
     counts = valid.reshape(-1, demos.n_demos * valid.shape[-1]).sum(-1)
     if int(counts.min()) != int(counts.max()):
         raise IclgdError("every task must have the same number of demonstration tokens")
-    moved = acts.movedim(-3, -4)  # [..., n_layers, n_demos, seq, d_model]
-    mask = valid.unsqueeze(-3).expand(*moved.shape[:-1])
-    return moved[mask].reshape(*lead, n_layers, int(counts[0]), moved.shape[-1])
+    out = {}
+    for h in hooks:
+        acts = torch.cat(chunks[h]).reshape(*lead, demos.n_demos, n_layers, flat_tok.shape[-1], -1)
+        moved = acts.movedim(-3, -4)  # [..., n_layers, n_demos, seq, d]
+        mask = valid.unsqueeze(-3).expand(*moved.shape[:-1])
+        out[h] = moved[mask].reshape(*lead, n_layers, int(counts[0]), moved.shape[-1])
+    return out

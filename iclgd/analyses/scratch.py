@@ -16,6 +16,7 @@ from torch import Tensor
 from iclgd.errors import IclgdError
 from iclgd.hooks import hf_state_dict
 from iclgd.hooks.checkpoints import refresh_split_weights
+from iclgd.hooks.precision import widen
 
 
 def delta_tensors(delta: Any) -> dict[str, Tensor]:
@@ -81,10 +82,16 @@ class ScratchModel:
                     f"the finetuning update of {name} is not finite: lower the learning rate"
                 )
         with torch.no_grad():
-            for k in self._dirty | set(tensors):
+            for k in self._dirty - set(tensors):
                 self.live[k].copy_(self.base[k])
             for k, d in tensors.items():
-                self.live[k].add_(d.to(self.live[k].device, self.live[k].dtype))
+                live, base = self.live[k], self.base[k]
+                if base.dtype in (torch.float32, torch.float64):
+                    live.copy_(base)
+                    live.add_(d.to(live.device, live.dtype))
+                else:  # bf16/fp16: W_before + ΔW summed in float32, rounded once
+                    wide = widen(base)
+                    live.copy_(wide + d.to(wide.device, wide.dtype))
         return self._loaded(set(tensors))
 
     def _check_names(self, names: Mapping[str, Tensor], what: str) -> None:

@@ -62,12 +62,12 @@ class ModelRef:
         return cls(name.replace("/", "_"), str(spec), kind)
 
 
-def load_lm(ref: ModelRef, device: str = "cpu") -> Any:
+def load_lm(ref: ModelRef, device: str = "cpu", dtype: str | None = None) -> Any:
     """The bridge of `ref` (last checkpoint of a series), or `NotAvailable` with one line."""
     from iclgd.hooks import load_model
 
     try:
-        return load_model(ref.spec, device=device)
+        return load_model(ref.spec, device=device, dtype=dtype)
     except Exception as err:  # noqa: BLE001 - any load failure means "not available here"
         raise NotAvailable(one_line(err)) from err
 
@@ -112,11 +112,13 @@ class Part:
 
 @dataclass(frozen=True)
 class RunContext:
-    """Where a part runs: the torch `device` and a `workdir` for its own resumable files (e.g.
-    the checkpoint sweep's rows), `<section folder>/work/<label>`."""
+    """Where a part runs: the torch `device`, the `dtype` models are loaded in (None: float32)
+    and a `workdir` for its own resumable files (e.g. the checkpoint sweep's rows),
+    `<section folder>/work/<label>`."""
 
     device: str = "cpu"
     workdir: Path | None = None
+    dtype: str | None = None
 
 
 @dataclass
@@ -244,13 +246,13 @@ def load_part(folder: Path, label: str, settings: dict[str, Any] | None = None) 
 
 def measure_part(
     section: Section, ref: ModelRef, settings: Any, device: str = "cpu",
-    out: str | Path | None = None,
+    out: str | Path | None = None, dtype: str | None = None,
 ) -> Part:
     """Run `section.measure` for one model, catching a missing model ("not available: ...")
     and any other error ("failed: ..."), with the process CPU seconds it took. `out` is the
     section's folder (its `work/<label>` is the part's workdir)."""
     start = time.process_time()
-    ctx = RunContext(device, None if out is None else Path(out) / "work" / ref.label)
+    ctx = RunContext(device, None if out is None else Path(out) / "work" / ref.label, dtype)
     try:
         part = section.measure(ref, settings, ctx)
     except NotAvailable as err:
@@ -264,7 +266,7 @@ def measure_part(
     part.cpu_s = time.process_time() - start
     part.provenance = {
         **provenance(model=ref.spec, checkpoint=None, seed=getattr(settings, "seed", None),
-                     dtype="float32", device=device, weight_processing="raw"),
+                     dtype=dtype or "float32", device=device, weight_processing="raw"),
         **part.provenance,
         "section": section.name,
         "kind": ref.kind,
@@ -282,6 +284,7 @@ def run_section(
     device: str = "cpu",
     resume: bool = True,
     progress: Callable[[Part], None] | None = None,
+    dtype: str | None = None,
 ) -> SectionResult:
     """Measure every model of `models` (reusing saved ok parts under `out` when `resume`), save
     the result there when `out` is given, and return it."""
@@ -295,7 +298,7 @@ def run_section(
     for ref in models:
         part = load_part(Path(out), ref.label, wanted) if out is not None and resume else None
         if part is None:
-            part = measure_part(section, ref, settings, device, out)
+            part = measure_part(section, ref, settings, device, out, dtype)
             if out is not None and part.ok:
                 save_part(Path(out), part)
         parts.append(part)

@@ -87,8 +87,10 @@ def analyse(
     out: str | Path | None = None,
     device: str = "cpu",
     resume: bool = True,
+    dtype: str | None = None,
 ) -> SectionResult:
-    """Run section `name` on `models` (see the module docstring); saves under `out` if given."""
+    """Run section `name` on `models` (see the module docstring); saves under `out` if given;
+    `dtype` is the dtype models are loaded in (None: float32; trainings stay float32)."""
     section = get_section(name)
     if models is None:
         if section.name not in DEFAULT_MODELS:
@@ -98,7 +100,7 @@ def analyse(
         models = [models]
     refs = [model_ref(m) for m in models]
     return run_section(section, refs, settings_for(section, settings, quick=quick), out=out,
-                       device=device, resume=resume)
+                       device=device, resume=resume, dtype=dtype)
 
 
 def load_section(folder: str | Path) -> SectionResult:

@@ -123,7 +123,7 @@ def measure_order(ref: ModelRef, settings: OrderSettings, ctx: RunContext) -> Pa
     """ICL and each method's order sensitivity; ratios ICL/method at the last epoch."""
     from iclgd.analyses.order import order_experiment
 
-    model = load_lm(ref, ctx.device)
+    model = load_lm(ref, ctx.device, ctx.dtype)
     ginc = ref.kind == "ginc"
     n = settings.ginc_demos if ginc else settings.lm_demos
     sets, info = prompt_sets(model, ref, [n], settings.ginc_queries if ginc else
@@ -192,7 +192,7 @@ def measure_outputs(ref: ModelRef, settings: OutputSettings, ctx: RunContext) ->
     """Whole-model output metrics per N and method, with standard errors over queries."""
     from iclgd.analyses.compare import compare_model
 
-    model = load_lm(ref, ctx.device)
+    model = load_lm(ref, ctx.device, ctx.dtype)
     ginc = ref.kind == "ginc"
     demos = list(settings.ginc_demos if ginc else settings.lm_demos)
     sets, info = prompt_sets(model, ref, demos, settings.ginc_queries if ginc else
@@ -273,7 +273,7 @@ def measure_dual_form(ref: ModelRef, settings: DualFormSettings, ctx: RunContext
     from iclgd.analyses.compare import compare_model
     from iclgd.analyses.control import untrained_control
 
-    model = load_lm(ref, ctx.device)
+    model = load_lm(ref, ctx.device, ctx.dtype)
     ginc = ref.kind == "ginc"
     n = settings.ginc_demos if ginc else settings.lm_demos
     sets, info = prompt_sets(model, ref, [n], settings.ginc_queries if ginc else

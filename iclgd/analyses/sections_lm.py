@@ -139,7 +139,7 @@ def measure_density(ref: ModelRef, settings: DensitySettings, ctx: RunContext) -
     else:
         from iclgd.analyses.control import untrained_control
 
-        model = load_lm(ref, ctx.device)
+        model = load_lm(ref, ctx.device, ctx.dtype)
         grid = quantisation_grid(model)
         headline.update({
             "fraction_below": _pooled(_lm_matrices(model), th),
@@ -181,7 +181,7 @@ def _gain(rows: list[dict[str, Any]], key: str = "accuracy", se: str = "se") -> 
 
 def measure_emergent(ref: ModelRef, settings: EmergentSettings, ctx: RunContext) -> Part:
     """Accuracy against the number of demonstrations for one model."""
-    model = load_lm(ref, ctx.device)
+    model = load_lm(ref, ctx.device, ctx.dtype)
     if ref.kind == "ginc":
         return _emergent_ginc(ref, model, settings)
     return _emergent_lm(ref, model, settings)
@@ -201,7 +201,11 @@ def _emergent_ginc(ref: ModelRef, model: Any, settings: EmergentSettings) -> Par
         got = evaluate_icl(hf_module(model), world, ns=ns, k=settings.k,
                            n_prompts=settings.ginc_prompts, concepts=concepts, seed=settings.seed)
         rows += got
-        g, g_se = _gain(got)
+        from iclgd.probes.icl import icl_gain
+
+        gain = icl_gain({r["n"]: r["accuracy"] for r in got}, {r["n"]: r["se"] for r in got})
+        g, g_se = gain.gain, gain.se
+        headline[f"{concepts}_icl_emerged"] = gain.emerged
         headline.update({f"{concepts}_acc_n0": got[0]["accuracy"], f"{concepts}_acc_n0_se":
                          got[0]["se"], f"{concepts}_acc_nmax": got[-1]["accuracy"],
                          f"{concepts}_acc_nmax_se": got[-1]["se"], f"{concepts}_gain": g,
@@ -209,7 +213,8 @@ def _emergent_ginc(ref: ModelRef, model: Any, settings: EmergentSettings) -> Par
                          f"{concepts}_ideal_gain": _gain(got, "ideal_accuracy", "ideal_se")[0],
                          f"{concepts}_pretrained_bayes_gain": _gain(
                              got, "pretrained_bayes_accuracy", "pretrained_bayes_se")[0]})
-    headline.update({"gain": headline["in_gain"], "gain_se": headline["in_gain_se"]})
+    headline.update({"gain": headline["in_gain"], "gain_se": headline["in_gain_se"],
+                     "icl_emerged": headline["in_icl_emerged"]})
     return Part(ref.label, ref.spec, rows=rows, headline=headline,
                 provenance=lm_provenance(model))
 
@@ -279,24 +284,30 @@ def measure_evolution(ref: ModelRef, settings: EvolutionSettings, ctx: RunContex
     sweep_settings = SweepSettings(
         icl_sets=("in:3",), n_values=tuple(settings.n_values), n_prompts=settings.prompts,
         n_score_seqs=settings.score_seqs, induction_seqs=settings.induction_seqs,
-        seed=settings.seed)
+        seed=settings.seed, dtype=ctx.dtype)
     work = ctx.workdir or Path(tempfile.mkdtemp(prefix="iclgd-sweep-"))
     sweep = run_sweep(path, work / "sweep", sweep_settings, device=ctx.device, plots=False,
                       progress=False)
+    from iclgd.analyses.sweep import last_checkpoint_verdict
+
     rows = [_evolution_row(r) for r in sweep.rows if "error" not in r]
     if not rows:
         raise NotAvailable(f"no checkpoint of {ref.spec} could be evaluated")
-    return Part(ref.label, ref.spec, rows=rows,
-                headline=_evolution_headline(rows, settings.induction_threshold))
+    headline = _evolution_headline(rows, settings.induction_threshold)
+    headline["sweep_verdict"] = last_checkpoint_verdict(sweep.rows)
+    return Part(ref.label, ref.spec, rows=rows, headline=headline)
 
 
 def _evolution_row(r: dict[str, Any]) -> dict[str, Any]:
+    from iclgd.probes.icl import icl_gain
+
     acc, se = r["icl_accuracy"], r["icl_accuracy_se"]
     ns = sorted(acc, key=int)
     lo, hi = ns[0], ns[-1]
+    gain = icl_gain(acc, se).to_dict()
     return {
         "checkpoint": r["checkpoint"], "step": r["step"], "acc_n0": acc[lo], "acc_nmax": acc[hi],
-        "gain": acc[hi] - acc[lo], "gain_se": (se[hi] ** 2 + se[lo] ** 2) ** 0.5,
+        "gain": gain["gain"], "gain_se": gain["gain_se"], "icl_emerged": gain["icl_emerged"],
         "bayes_gain": r["pretrained_bayes_accuracy"][hi] - r["pretrained_bayes_accuracy"][lo],
         "icl_score": r.get("icl_score"), "icl_score_se": r.get("icl_score_se"),
         "drift_prev": r.get("weight_drift_prev"), "drift_final": r.get("weight_drift_final"),
@@ -307,7 +318,8 @@ def _evolution_row(r: dict[str, Any]) -> dict[str, Any]:
 
 
 def _evolution_headline(rows: list[dict[str, Any]], threshold: float) -> dict[str, Any]:
-    """ICL has emerged when the final gain exceeds 2 SE. The late window starts at the first
+    """ICL has emerged when the last checkpoint's gain has its lower 95 % bound above 0
+    (`iclgd.probes.icl.icl_gain`). The late window starts at the first
     checkpoint from a quarter of the final step on (the one before the last if none is): its
     gain and its relative weight distance to the last checkpoint are the late-training
     measurements. Induction heads "formed" at the first checkpoint whose best prefix-matching
@@ -319,7 +331,7 @@ def _evolution_headline(rows: list[dict[str, Any]], threshold: float) -> dict[st
                   None)
     return {
         "checkpoints": len(rows), "final_step": final["step"],
-        "icl_emerged": final["gain"] > 2 * final["gain_se"],
+        "icl_emerged": final["icl_emerged"],
         "late_step": late["step"], "late_gain": late["gain"], "late_gain_se": late["gain_se"],
         "late_drift": late["drift_final"],
         "final_gain": final["gain"], "final_gain_se": final["gain_se"],

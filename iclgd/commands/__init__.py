@@ -10,10 +10,13 @@ COMMAND_MODULES = (
     "compare",
     "order",
     "sweep",
+    "merge",
     "reproduce",
     "audit",
     "train",
     "analyse",
     "demo",
+    "layers",
     "tasks",
+    "bench",
 )

@@ -23,6 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default=None, help="output folder (default results/SECTION)")
     p.add_argument("--quick", action="store_true", help="the section's reduced size")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default=None, help="float32 (default), bfloat16, float16")
     p.add_argument("--json", action="store_true", help="print the headline as JSON")
     p.set_defaults(func=run)
 
@@ -38,7 +39,8 @@ def run(args: argparse.Namespace) -> int:
 
     section = get_section(args.section)
     out = Path(args.out or f"results/{section.name}")
-    result = analyse(section.name, args.model, quick=args.quick, out=out, device=args.device)
+    result = analyse(section.name, args.model, quick=args.quick, out=out, device=args.device,
+                     dtype=args.dtype)
     if args.json:
         print(to_json({"status": result.status, "headline": result.headline}))
     else:

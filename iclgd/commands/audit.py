@@ -56,6 +56,10 @@ def build(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     """Build, audit, print / write."""
+    from iclgd.specs import check_output_folder
+
+    if args.out:
+        check_output_folder(args.out)  # before the heavy imports
     from iclgd import constructions as C
     from iclgd.constructions.audit import approximation_sweep, audit_construction
     from iclgd.results import provenance, save_figure, to_json, write_csv, write_json

@@ -19,6 +19,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="runs/demo", help="results folder (default runs/demo)")
     p.add_argument("--device", default="auto", help="auto (default: CUDA when available), cpu, cuda")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dtype", default=None,
+                   help="dtype of the analysed models (trainings stay float32): float32 "
+                        "(default), bfloat16, float16")
     p.add_argument("--quick", action="store_true",
                    help="every section at reduced size (about 2 minutes; numbers are not "
                         "meaningful, for smoke tests)")
@@ -37,7 +40,9 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from iclgd.errors import IclgdError
+    from iclgd.specs import check_output_folder
 
+    check_output_folder(args.out)  # before the heavy imports
     if args.jobs < 1:
         raise IclgdError(f"--jobs must be >= 1, got {args.jobs}")
     from iclgd.analyses.demo_plan import DemoConfig, Scheduler, preload
@@ -50,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed, lm=None if args.lm.lower() == "none" else args.lm,
         lm_tasks=None if args.lm_tasks is None else tuple(
             t.strip() for t in args.lm_tasks.split(",") if t.strip()),
-        jobs=args.jobs)
+        jobs=args.jobs, dtype=args.dtype)
     cfg.out.mkdir(parents=True, exist_ok=True)
     timing = Scheduler(cfg).run()
     sections = {}

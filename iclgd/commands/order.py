@@ -30,25 +30,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the order experiment, write the results, print the table."""
+    from iclgd.commands.compare import check_common
+
+    check_common(args)  # before the heavy imports
     from pathlib import Path
 
     import matplotlib.pyplot as plt
     from tqdm import tqdm
 
     from iclgd.analyses.compare_plots import plot_order
-    from iclgd.analyses.control import untrained_control
     from iclgd.analyses.order import epoch_grid, order_experiment
-    from iclgd.commands.compare import load_for_experiment, provenance_for
+    from iclgd.commands.compare import load_for_experiment, parse_ints, provenance_for, with_control
     from iclgd.errors import IclgdError
+    from iclgd.hooks.batching import parse_batch_size
     from iclgd.results import save_figure, to_json, write_csv, write_json
 
+    counts = sorted(set(parse_ints(args.demos, "--demos")))
+    if len(counts) != 1:
+        raise IclgdError(f"order takes one number of demonstrations (--demos 8), got {counts}")
+    batch = parse_batch_size(args.batch_size)
     model, sets, info, methods, lr = load_for_experiment(args)
-    if len(sets) != 1:
-        raise IclgdError(f"order takes one number of demonstrations (--demos 8), got {sorted(sets)}")
     (n, prompts), = sets.items()
-    models = [("trained", model)]
-    if args.control == "untrained":
-        models.append(("untrained", untrained_control(model, seed=args.seed)))
+    models, control = with_control(model, args)
     grid = epoch_grid(args.epochs)
     rows = []
     with tqdm(total=len(models) * len(methods) * len(grid), desc="order", unit="run",
@@ -56,14 +59,15 @@ def run(args: argparse.Namespace) -> int:
         for label, m in models:
             rows += order_experiment(m, prompts, methods, n_perms=args.perms, epochs=args.epochs,
                                      lr=lr, seed=args.seed, wv_layer=args.wv_layer, label=label,
-                                     progress=lambda msg: (bar.set_postfix_str(msg), bar.update(1)))
+                                     progress=lambda msg: (bar.set_postfix_str(msg), bar.update(1)),
+                                     batch_size=batch)
     settings = {"demos": n, "perms": args.perms, "methods": methods, "lr": lr,
-                "epochs": args.epochs, "epoch_grid": grid, "control": args.control, **info}
+                "epochs": args.epochs, "epoch_grid": grid, **control, **info}
     out = Path(args.out)
     write_csv(out / "order.csv", rows)
     if "lr_search" in info:
         write_csv(out / "lr_search.csv", info["lr_search"]["rows"])
-    write_json(out / "order.json", {"provenance": provenance_for(model, args, analysis="order"),
+    write_json(out / "order.json", {"provenance": provenance_for(model, args, analysis="order", **control),
                                     "settings": settings, "rows": rows})
     fig = plot_order(rows, title=f"{Path(args.model).name} / {info['task']}, N = {n}, "
                                  f"{args.perms} orderings")

@@ -39,6 +39,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Train, tune the baselines, compare, report."""
+    from iclgd.specs import check_output_folder
+
+    if args.out:
+        check_output_folder(args.out)  # before the heavy imports
     import torch
 
     from iclgd.analyses.von_oswald import gd_merged, reproduce

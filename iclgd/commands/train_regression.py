@@ -54,6 +54,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Train (unless --eval-only), then evaluate the latest checkpoint into OUT/eval/."""
+    from iclgd.specs import check_output_folder
+
+    check_output_folder(args.out)  # before the heavy imports
     import sys
     from pathlib import Path
 

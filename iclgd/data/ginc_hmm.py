@@ -23,7 +23,6 @@ enough to rebuild the identical world. Token ids equal GINC vocabulary ids: 0 is
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from iclgd.errors import IclgdError
+from iclgd.results import read_json
 
 GINC_JSON = "ginc.json"
 DELIMITER_ID = 0
@@ -223,8 +223,8 @@ def load_ginc_config(folder: str | Path) -> GincConfig:
     """The `GincConfig` stored in `folder/ginc.json`."""
     path = Path(folder) / GINC_JSON
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found; pass a checkpoint folder written by `iclgd train ginc`")
-    data = json.loads(path.read_text(encoding="utf-8"))
+        raise IclgdError(f"{path} not found; pass a checkpoint folder written by `iclgd train ginc`")
+    data = read_json(path)
     if "ginc" not in data:
         raise IclgdError(f"{path} has no 'ginc' entry; it was not written by iclgd")
     return GincConfig.from_dict(data["ginc"])

@@ -7,7 +7,7 @@ activation at the last position costs `[batch, d_model]` of memory, not the full
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -49,6 +49,22 @@ def check_tokens(tokens: Any, n_ctx: int | None, d_vocab: int | None = None) -> 
     if d_vocab is not None and (int(tokens.min()) < 0 or int(tokens.max()) >= d_vocab):
         raise IclgdError(f"token ids must lie in [0, {d_vocab}), got {int(tokens.min())}..{int(tokens.max())}")
     return tokens.long()
+
+
+def check_float_tokens(tokens: Any) -> Tensor:
+    """Validate float token vectors `[batch, pos, d_model]` (2-D is promoted to a batch of one)
+    for a float-input model; return them. The model checks `d_model`, dtype and length."""
+    if not isinstance(tokens, Tensor) or not tokens.dtype.is_floating_point:
+        kind = tokens.dtype if isinstance(tokens, Tensor) else type(tokens).__name__
+        raise IclgdError(f"this model takes float token vectors [batch, pos, d_model], got {kind}")
+    if tokens.ndim == 2:
+        tokens = tokens.unsqueeze(0)
+    if tokens.ndim != 3:
+        raise IclgdError(f"float tokens must have shape [batch, pos, d_model], got "
+                         f"{tuple(tokens.shape)}")
+    if tokens.shape[0] == 0 or tokens.shape[1] == 0:
+        raise IclgdError("inputs are empty: pass at least one token per sequence")
+    return tokens
 
 
 def _slicer(name: str, positions: Positions, batch: int) -> Callable[[Tensor], Tensor]:
@@ -108,29 +124,31 @@ def capture(
     positions: Positions = None,
     to: str | torch.device | None = "cpu",
     return_logits: bool = False,
+    forward_kwargs: Mapping[str, Any] | None = None,
 ) -> dict[str, Tensor]:
     """Run one forward pass and return only the requested hook activations.
 
     Args:
-        model: a TransformerBridge or an iclgd `LinearAttentionTransformer` (float inputs
-            `[batch, pos, d_model]` instead of token ids).
-        tokens: token ids `[batch, pos]` (1-D: one sequence).
+        model: a TransformerBridge (any model `load_model` returns) or an iclgd
+            `LinearAttentionTransformer` (any model with `takes_float_inputs = True`), which
+            takes float token vectors `[batch, pos, d_model]` instead of token ids.
+        tokens: token ids `[batch, pos]` (1-D: one sequence), or float token vectors
+            `[batch, pos, d_model]` (2-D: one sequence) for a float-input model.
         names: hook-point names (e.g. `"blocks.0.hook_attn_out"`) or a filter `name -> bool`.
         positions: None (all), an int (e.g. -1, the last token), a list/slice of positions, or a
             1-D tensor of one position per batch row. Applied to the query-position axis
             (axis 1, or axis 2 for `hook_attn_scores`/`hook_pattern`) inside the hook.
         to: device for the stored tensors ("cpu" by default; None keeps them where they are).
-        return_logits: also return the logits under key `"logits"`, sliced the same way.
+        return_logits: also return the model's output under key `"logits"` (the final residual
+            stream for a `LinearAttentionTransformer`), sliced the same way.
+        forward_kwargs: extra keyword arguments for the forward pass (e.g. `n_context` or
+            `key_mask` of a `LinearAttentionTransformer`).
 
     Returns:
         `{name: tensor}`, detached; an int position drops the position axis.
     """
-    float_input = getattr(model, "takes_float_inputs", False)
-    if float_input:
-        if not isinstance(tokens, Tensor) or not tokens.dtype.is_floating_point or tokens.ndim != 3:
-            raise IclgdError("this model takes float inputs of shape [batch, pos, d_model]")
-        if tokens.shape[1] == 0 or tokens.shape[0] == 0:
-            raise IclgdError("inputs are empty: pass at least one token per sequence")
+    if getattr(model, "takes_float_inputs", False):
+        tokens = check_float_tokens(tokens)
     else:
         tokens = check_tokens(tokens, getattr(model.cfg, "n_ctx", None), getattr(model.cfg, "d_vocab", None))
     chosen = resolve_names(model, names)
@@ -150,7 +168,7 @@ def capture(
 
     device = _model_device(model)
     with torch.no_grad(), model.hooks(fwd_hooks=[(n, make_hook(n)) for n in chosen]):
-        logits = model(tokens.to(device))
+        logits = model(tokens.to(device), **dict(forward_kwargs or {}))
     if return_logits:
         if isinstance(logits, Tensor):
             out = _slicer("logits", positions, batch)(logits.detach())

@@ -6,7 +6,6 @@ TransformerBridge skeleton once and loads each checkpoint's weights into it in p
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ import torch
 
 from iclgd.errors import IclgdError
 from iclgd.hooks.loading import CHECKPOINT_RE, check_finite, load_model
+from iclgd.results import read_json
 
 _IGNORED_CONFIG_KEYS = {
     "_name_or_path", "transformers_version", "torch_dtype", "dtype", "architectures",
@@ -64,7 +64,7 @@ def select_checkpoint(
 def arch_signature(folder: str | Path) -> dict[str, Any]:
     """The architecture part of a checkpoint's config.json (paths, versions, dtype dropped)."""
     folder = Path(folder)
-    cfg = json.loads((folder / "config.json").read_text())
+    cfg = read_json(folder / "config.json")
     return {k: v for k, v in cfg.items() if k not in _IGNORED_CONFIG_KEYS}
 
 

@@ -251,7 +251,10 @@ class LinearAttentionTransformer(HookedRootModule):
     d_head]`, `blocks[l].attn.W_O [n_heads, d_head, d_model]`; stacked over layers: `W_Q`, `W_K`,
     `W_V` `[n_layers, n_heads, d_model, d_head]`, `W_O [n_layers, n_heads, d_head, d_model]`.
     With `shared_weights` every block holds the same parameter objects. `seed` fixes the init.
+    `takes_float_inputs` tells `iclgd.hooks.capture` to pass float token vectors, not token ids.
     """
+
+    takes_float_inputs = True
 
     def __init__(self, cfg: LinearAttentionConfig, *, seed: int = 0):
         super().__init__()

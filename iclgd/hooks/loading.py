@@ -25,6 +25,9 @@ from iclgd.hooks.named_models import (
     is_named_model,
     named_model_provenance,
 )
+from iclgd.hooks.placement import placement_kwargs
+from iclgd.results import read_json
+from iclgd.specs import CHECKPOINT_RE, check_model_folder, is_checkpoint_series, looks_like_path
 
 _DTYPES = {
     "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
@@ -33,7 +36,6 @@ _DTYPES = {
     "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
 }
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
-CHECKPOINT_RE = re.compile(r"^(?:step|checkpoint-|global_step)(\d+)$")
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -58,21 +60,15 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
     return _DTYPES[key]
 
 
-def is_checkpoint_series(path: Path) -> bool:
-    """True for a folder without config.json whose subfolders are named step{N}/..."""
-    return (
-        path.is_dir()
-        and not (path / "config.json").exists()
-        and any(CHECKPOINT_RE.match(p.name) and p.is_dir() for p in path.iterdir())
-    )
-
-
 def load_model(
     spec: str | os.PathLike | Mapping[str, Any] | Any,
     *,
     device: str | torch.device | None = "auto",
     dtype: str | torch.dtype | None = None,
     checkpoint: str | int | None = None,
+    device_map: str | Mapping[str, Any] | None = None,
+    max_memory: Mapping[Any, Any] | None = None,
+    offload_folder: str | os.PathLike | None = None,
 ) -> Any:
     """Load a model as a TransformerLens `TransformerBridge` in eval mode, raw weights.
 
@@ -88,6 +84,9 @@ def load_model(
         checkpoint: for a checkpoint-series folder, a label (`"step1000"`) or an index
             (`-1` = last); for Pythia / stanford-crfm hub names, a label (`"step1000"`, passed
             as `checkpoint_value`) or an int index (`checkpoint_index`).
+        device_map, max_memory, offload_folder: a model larger than one device, spread over
+            several (and CPU/disk offload) by Hugging Face / accelerate, for folders and hub
+            names (`iclgd.hooks.placement`); `device` is then ignored.
 
     Returns:
         The bridge, with `cfg.iclgd_source`, `cfg.iclgd_checkpoint`, `cfg.iclgd_processing` and
@@ -99,6 +98,11 @@ def load_model(
 
     dev = resolve_device(device)
     dt = resolve_dtype(dtype)
+    place = placement_kwargs(dev, device_map, max_memory,
+                             None if offload_folder is None else str(offload_folder))
+    if "device_map" in place and not isinstance(spec, str | os.PathLike):
+        raise IclgdError("device_map/max_memory apply to models loaded from a folder or a hub "
+                         "name; dispatch an in-memory model with accelerate yourself")
     if isinstance(spec, TransformerBridgeConfig | Mapping):
         if checkpoint is not None:
             raise IclgdError("checkpoint= is not supported for native (config-built) models")
@@ -113,38 +117,34 @@ def load_model(
         )
     path = Path(spec).expanduser()
     if is_named_model(spec) and not path.exists():
-        return _load_named(str(spec).lower(), dev, dt, checkpoint)
+        return _load_named(str(spec).lower(), dev, dt, checkpoint, place)
     if path.exists():
-        return _load_local(path, dev, dt, checkpoint)
-    return _load_hub(str(spec), dev, dt, checkpoint)
+        return _load_local(path, dev, dt, checkpoint, place)
+    return _load_hub(str(spec), dev, dt, checkpoint, place)
 
 
-def _load_local(path: Path, dev: torch.device, dt: torch.dtype, checkpoint: str | int | None):
+def _load_local(path: Path, dev: torch.device, dt: torch.dtype, checkpoint: str | int | None,
+                place: dict[str, Any]):
     from iclgd.hooks.checkpoints import list_checkpoints, select_checkpoint
 
-    if not path.is_dir():
-        raise IclgdError(f"{path} is a file: pass a Hugging Face model folder (with config.json)")
+    check_model_folder(path)
     if is_checkpoint_series(path):
         label, _step, folder = select_checkpoint(list_checkpoints(path), checkpoint, path)
-        return _boot_folder(folder, dev, dt, label)
+        return _boot_folder(folder, dev, dt, label, place)
     if checkpoint is not None:
         raise IclgdError(
             f"{path} is a single model folder, not a checkpoint series: drop --checkpoint "
             "or pass the series folder that holds step{N}/ subfolders"
         )
-    if not (path / "config.json").exists():
-        raise IclgdError(
-            f"{path} has no config.json: pass a Hugging Face model folder "
-            "(save_pretrained output) or a folder of step{N}/ checkpoints"
-        )
-    return _boot_folder(path, dev, dt, None)
+    return _boot_folder(path, dev, dt, None, place)
 
 
-def _load_named(name: str, dev: torch.device, dt: torch.dtype, checkpoint: str | int | None):
+def _load_named(name: str, dev: torch.device, dt: torch.dtype, checkpoint: str | int | None,
+                place: dict[str, Any]):
     if checkpoint is not None:
         raise IclgdError(f"{name} is a single model, not a checkpoint series: drop --checkpoint")
     folder = converted_folder(name)
-    bridge = _boot_folder(folder, dev, dt, None)
+    bridge = _boot_folder(folder, dev, dt, None, place)
     bridge.cfg.iclgd_source = name
     bridge.cfg.iclgd_weights = {**named_model_provenance(folder), "folder": str(folder)}
     return bridge
@@ -157,7 +157,8 @@ def _quiet_transformers() -> None:
     hf_logging.set_verbosity_error()
 
 
-def _boot_folder(folder: Path, dev: torch.device, dt: torch.dtype, label: str | None):
+def _boot_folder(folder: Path, dev: torch.device, dt: torch.dtype, label: str | None,
+                 place: dict[str, Any] | None = None):
     from transformer_lens.model_bridge import TransformerBridge
 
     _quiet_transformers()
@@ -165,7 +166,7 @@ def _boot_folder(folder: Path, dev: torch.device, dt: torch.dtype, label: str | 
     with nullcontext(None) if has_tokenizer else id_tokenizer(_vocab_size(folder)) as tokenizer:
         try:
             bridge = TransformerBridge.boot_transformers(
-                str(folder), device=str(dev), dtype=dt, tokenizer=tokenizer
+                str(folder), dtype=dt, tokenizer=tokenizer, **(place or {"device": str(dev)})
             )
         except Exception as err:  # corrupt weights, unsupported architecture, bad config
             raise IclgdError(f"cannot load the model in {folder}: {_first_line(err)}") from err
@@ -191,10 +192,11 @@ def _boot_module(hf_model: torch.nn.Module, dev: torch.device, dt: torch.dtype):
     return _finish(bridge, f"in-memory {type(hf_model).__name__}", None)
 
 
-def _load_hub(name: str, dev: torch.device, dt: torch.dtype, checkpoint: str | int | None):
+def _load_hub(name: str, dev: torch.device, dt: torch.dtype, checkpoint: str | int | None,
+              place: dict[str, Any]):
     from transformer_lens.model_bridge import TransformerBridge
 
-    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+    if looks_like_path(name):
         raise IclgdError(f"unknown model {name!r}: no such folder")
     kwargs: dict[str, Any] = {}
     if checkpoint is not None:
@@ -216,7 +218,7 @@ def _load_hub(name: str, dev: torch.device, dt: torch.dtype, checkpoint: str | i
             f"(`huggingface-cli download {name}`) and copy the cache here, or pass a local folder"
         )
     try:
-        bridge = TransformerBridge.boot_transformers(name, device=str(dev), dtype=dt, **kwargs)
+        bridge = TransformerBridge.boot_transformers(name, dtype=dt, **place, **kwargs)
     except Exception as err:  # network, missing revision, unsupported architecture, ...
         raise IclgdError(
             f"cannot load model {name!r}: {_first_line(err)} (unknown model? pass a local "
@@ -248,16 +250,14 @@ def check_finite(model: Any, where: str) -> None:
     """Raise `IclgdError` naming the first parameter holding NaN or inf."""
     hf = getattr(model, "original_model", model)
     for name, p in hf.named_parameters():
-        if not torch.isfinite(p).all():
+        if not p.is_meta and not torch.isfinite(p).all():  # meta: offloaded to disk
             clean = name.replace("._original_component", "")
             raise IclgdError(f"{where} has non-finite weights (NaN/inf) in {clean}: "
                              "the checkpoint is corrupt or diverged")
 
 
 def _vocab_size(folder: Path) -> int:
-    import json
-
-    cfg = json.loads((folder / "config.json").read_text())
+    cfg = read_json(folder / "config.json")
     for key in ("vocab_size", "n_vocab", "padded_vocab_size"):
         if key in cfg:
             return int(cfg[key])

@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from iclgd.errors import IclgdError
+from iclgd.hooks.precision import widen
 from iclgd.hooks.weights import layer_layout
 
 
@@ -132,8 +133,8 @@ def _attention_parts(
 def masked_ce(logits: Tensor, tokens: Tensor, target: Tensor) -> Tensor:
     """Mean next-token cross-entropy over the target positions: token `t` is predicted by the
     logits at `t - 1`; `target [b, seq]` marks the tokens that count. Shapes `logits [b, seq,
-    vocab]`, `tokens [b, seq]`."""
-    lp = torch.log_softmax(logits[:, :-1], dim=-1)
+    vocab]`, `tokens [b, seq]`. Computed in at least float32 (`iclgd.hooks.precision`)."""
+    lp = torch.log_softmax(widen(logits[:, :-1]), dim=-1)  # float32 at least (bf16 models)
     ce = -lp.gather(-1, tokens[:, 1:, None])[..., 0]
     m = target[:, 1:].to(ce.dtype)
     return (ce * m).sum() / m.sum()

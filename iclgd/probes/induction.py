@@ -38,6 +38,7 @@ from torch import Tensor
 
 from iclgd.errors import IclgdError
 from iclgd.hooks import attention_weights, capture
+from iclgd.hooks.batching import BatchSize, model_device, run_batched
 
 
 @dataclass(frozen=True)
@@ -141,7 +142,7 @@ def copying_scores(
 
 def induction_scores(
     model: Any, *, seq_len: int | None = None, n_seqs: int = 16, seed: int = 0,
-    batch_size: int = 16, n_copy_tokens: int = 256,
+    batch_size: BatchSize = 16, n_copy_tokens: int = 256,
 ) -> InductionScores:
     """Prefix-matching and copying scores of every head (Olsson et al. 2022; module docstring).
 
@@ -162,12 +163,17 @@ def induction_scores(
         raise IclgdError(f"2 * seq_len = {2 * seq_len} exceeds the model's context n_ctx={n_ctx}: pass a smaller seq_len")
     tokens = repeated_random_tokens(n_seqs, seq_len, d_vocab, seed)
     names = [f"blocks.{layer}.attn.hook_pattern" for layer in range(n_layers)]
-    sums = torch.zeros(n_layers, int(model.cfg.n_heads), dtype=torch.float64)
-    for lo in range(0, n_seqs, batch_size):
-        rows = tokens[lo: lo + batch_size]
+
+    def step(lo: int, hi: int) -> Tensor:
+        rows = tokens[lo:hi]
         got = capture(model, rows, names, positions=slice(seq_len, 2 * seq_len))
-        for layer, name in enumerate(names):
-            sums[layer] += prefix_matching_from_patterns(got[name], seq_len) * rows.shape[0]
+        return torch.stack([prefix_matching_from_patterns(got[name], seq_len) * rows.shape[0]
+                            for name in names])
+
+    sums = torch.zeros(n_layers, int(model.cfg.n_heads), dtype=torch.float64)
+    for part in run_batched(n_seqs, batch_size, step, default=16, device=model_device(model),
+                            what="induction scores"):
+        sums += part
     prefix = sums / n_seqs
     eig, top1 = copying_scores(model, n_copy_tokens=n_copy_tokens, seed=seed)
     return InductionScores(prefix, eig, top1, int(seq_len), int(n_seqs), int(seed),

@@ -1,4 +1,5 @@
-"""ICL-vs-finetuning comparison metrics (REFERENCE §4), pure functions on tensors.
+"""ICL-vs-finetuning comparison metrics (Dai et al. 2023; Deutch et al. 2024; Shen et al. 2024),
+pure functions on tensors.
 
 Every function is batched over the leading axes and reduces only the axis its name says (the
 last one, unless stated); nothing is averaged over examples, heads or layers here — the caller
@@ -65,9 +66,12 @@ def simaou(
 
     `h` is the attention block's output at the last token (after the output projection, before
     the residual add: `blocks.{l}.hook_attn_out[:, -1]`), one per setting.
-    - `normalize=True` (Dai): `cos(ĥ_ICL − ĥ_ZS, ĥ_FT − ĥ_ZS)` with `ĥ = h / ||h||` (each input
-      scaled to unit length **before** subtracting).
-    - `normalize=False` (Deutch et al. 2024): `cos(h_ICL − h_ZS, h_FT − h_ZS)` on raw vectors.
+    - `normalize=True` (unit-normalised): `cos(ĥ_ICL − ĥ_ZS, ĥ_FT − ĥ_ZS)` with `ĥ = h / ||h||`
+      (each input scaled to unit length **before** subtracting). Dai's code computes this, and so
+      does every committed call of Deutch et al.'s (2024) code.
+    - `normalize=False` (raw): `cos(h_ICL − h_ZS, h_FT − h_ZS)` on the unnormalised vectors, the
+      form Deutch et al. argue for (normalising first lets a shared ZS component enter both
+      differences).
     Shapes `[..., d_model]` → `[...]`; average over examples then layers yourself.
     """
     icl, zs, ft = _f64(icl), _f64(zs), _f64(ft)
@@ -148,22 +152,53 @@ def rec2ftp(
     return torch.where(den > 0, num / den.clamp_min(1.0), torch.full_like(den, float("nan")))
 
 
-def kendall_tau(x: Float[Tensor, "... n"], y: Float[Tensor, "... n"]) -> Float[Tensor, "..."]:
-    """Kendall's τ-a over the last axis (Dai et al. 2023):
-    `τ = (P_c − P_d) / (N(N−1)/2)`, pairs i < j; a pair tied in x or in y counts as neither
-    concordant nor discordant (so ties pull τ toward 0). NaN for N < 2. Memory O(N²) per row.
-    Dai: x = ICL attention to the demonstration tokens, y = FT model's attention to its
-    training tokens."""
+KENDALL_VARIANTS = ("b", "a")
+_KENDALL_CHUNK = 1 << 22  # pair entries held at once (rows × N²), bounds the memory
+
+
+def kendall_tau(
+    x: Float[Tensor, "... n"], y: Float[Tensor, "... n"], *, variant: str = "b"
+) -> Float[Tensor, "..."]:
+    """Kendall's rank correlation over the last axis (Kendall 1938; τ-b: Kendall 1945), as used by
+    Dai et al. (2023) between ICL's and FT's attention to the training tokens.
+
+    Over pairs i < j, with `S = P_c − P_d = Σ sign(x_i − x_j) sign(y_i − y_j)`, `n_0 = N(N−1)/2`
+    and `n_1`, `n_2` the pairs tied in x, in y:
+    - `variant="b"` (default; `scipy.stats.kendalltau`'s default, what Dai's code computes):
+      `τ_b = S / sqrt((n_0 − n_1)(n_0 − n_2))`; NaN when x or y is constant (as scipy);
+    - `variant="a"`: `τ_a = S / n_0` — ties pull it toward 0, so it is smaller than τ-b
+      whenever there are ties (x = [0, 0, 1, 2], y = [0, 1, 1, 2]: τ-a 2/3, τ-b 0.8).
+    NaN for N < 2 and for rows holding NaN (scipy's default `nan_policy="propagate"`).
+    Exact comparisons: round first if values equal up to float noise should tie. Memory: rows are
+    processed in chunks of about 4M pair entries.
+    """
+    if variant not in KENDALL_VARIANTS:
+        raise IclgdError(f"unknown Kendall variant {variant!r}: use 'b' (τ-b) or 'a' (τ-a)")
     x, y = _f64(x), _f64(y)
     _same_shape(x, y)
-    n = x.shape[-1]
+    lead, n = x.shape[:-1], x.shape[-1]
     if n < 2:
-        return torch.full(x.shape[:-1], float("nan"), dtype=torch.float64)
-    sx = torch.sign(x[..., :, None] - x[..., None, :])
-    sy = torch.sign(y[..., :, None] - y[..., None, :])
+        return torch.full(lead, float("nan"), dtype=torch.float64)
+    fx, fy = x.reshape(-1, n), y.reshape(-1, n)
+    step = max(1, _KENDALL_CHUNK // (n * n))
+    out = torch.cat([_kendall_rows(fx[i : i + step], fy[i : i + step], variant)
+                     for i in range(0, fx.shape[0], step)]) if fx.shape[0] else fx.new_zeros(0)
+    return out.reshape(lead)
+
+
+def _kendall_rows(x: Tensor, y: Tensor, variant: str) -> Tensor:
+    """τ of each row of `x, y [rows, n]` (see `kendall_tau`)."""
+    n = x.shape[-1]
     upper = torch.triu(torch.ones(n, n, dtype=torch.bool), diagonal=1)
-    s = (sx * sy)[..., upper].sum(-1)  # P_c − P_d
-    return s / (n * (n - 1) / 2)
+    sx = torch.sign(x[:, :, None] - x[:, None, :])[:, upper]  # [rows, n_0]
+    sy = torch.sign(y[:, :, None] - y[:, None, :])[:, upper]
+    s = (sx * sy).sum(-1)  # P_c − P_d
+    nan = torch.full_like(s, float("nan"))
+    has_nan = x.isnan().any(-1) | y.isnan().any(-1)  # torch.sign(nan) is 0, not nan
+    if variant == "a":
+        return torch.where(has_nan, nan, s / (n * (n - 1) / 2))
+    untied = (sx * sx).sum(-1) * (sy * sy).sum(-1)  # (n_0 − n_1)(n_0 − n_2)
+    return torch.where((untied > 0) & ~has_nan, s / untied.clamp_min(1.0).sqrt(), nan)
 
 
 def _topk(p: Tensor, q: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -180,7 +215,7 @@ def _topk(p: Tensor, q: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
 def token_overlap(
     p: Float[Tensor, "... vocab"], q: Float[Tensor, "... vocab"], k: int = 10
 ) -> Float[Tensor, "..."]:
-    """Token overlap (Shen et al. 2024; REFERENCE §4 fixed reading):
+    """Token overlap (Shen et al. 2024; the paper's text was unavailable, this is a fixed reading):
     `TO = |Top_K(p) ∩ Top_K(q)| / K` on next-token probability vectors. Ties at the K-th place
     are broken by `torch.topk` (an arbitrary but deterministic choice)."""
     p, q = _f64(p), _f64(q)
@@ -191,7 +226,7 @@ def token_overlap(
 def overlap_cosine(
     p: Float[Tensor, "... vocab"], q: Float[Tensor, "... vocab"], k: int = 10
 ) -> Float[Tensor, "..."]:
-    """Overlap cosine similarity (Shen et al. 2024; REFERENCE §4 fixed reading): the cosine
+    """Overlap cosine similarity (Shen et al. 2024; a fixed reading, as for `token_overlap`): the cosine
     between `p` and `q` restricted to the tokens in `Top_K(p) ∩ Top_K(q)`; 0 for an empty
     overlap."""
     p, q = _f64(p), _f64(q)
@@ -202,7 +237,7 @@ def overlap_cosine(
 
 
 def order_sensitivity(dists: Float[Tensor, "n_orders ... vocab"]) -> Float[Tensor, "..."]:
-    """Order sensitivity (Shen et al. 2024; REFERENCE §4 reconstruction): for next-token
+    """Order sensitivity (Shen et al. 2024; a reconstruction from secondary sources): for next-token
     distributions under `n_orders` orderings of the same demonstrations (axis 0), the population
     standard deviation (ddof = 0) over orderings of each vocabulary entry, summed over the
     vocabulary (last axis). `[n_orders, ..., vocab]` → `[...]`; average over queries yourself."""

@@ -135,7 +135,7 @@ def load_trainer_state(folder: str | Path) -> dict[str, Any]:
 
     path = Path(folder) / TRAINER_STATE
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found; this checkpoint cannot be resumed")
+        raise IclgdError(f"{path} not found; this checkpoint cannot be resumed: start a new --out")
     return torch.load(path, map_location="cpu", weights_only=False)
 
 

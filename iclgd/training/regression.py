@@ -23,7 +23,6 @@ same device); architecture/data settings must match the folder's `run_config.jso
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import asdict, dataclass, fields
@@ -35,7 +34,7 @@ import torch
 from iclgd.data.curriculum import Curriculum, sample_prompts
 from iclgd.errors import IclgdError
 from iclgd.hooks.loading import resolve_device
-from iclgd.results import write_json
+from iclgd.results import read_json, write_json
 from iclgd.training.checkpointing import (
     TRAINER_STATE,
     checkpoint_steps,
@@ -152,7 +151,7 @@ def _check_resume(out: Path, config: RegressionTrainConfig) -> None:
     if not path.exists():
         write_json(path, asdict(config))
         return
-    saved = json.loads(path.read_text(encoding="utf-8"))
+    saved = read_json(path)
     diffs = [
         f"{f.name}={saved.get(f.name)!r} (now {getattr(config, f.name)!r})"
         for f in fields(config)

@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from iclgd.data.curriculum import interleave, prediction_positions
 from iclgd.errors import IclgdError
+from iclgd.results import read_json
 
 FORMAT = "iclgd-garg-regression/1"
 HEAD_FILE = "read_in_out.safetensors"
@@ -147,11 +148,11 @@ def read_regression_metadata(folder: str | Path) -> dict[str, Any]:
     """The `regression_model.json` of a checkpoint folder."""
     path = Path(folder) / META_FILE
     if not path.exists():
-        raise FileNotFoundError(
+        raise IclgdError(
             f"{path} not found: not a regression checkpoint folder (train one with "
             "`iclgd train regression`)"
         )
-    meta = json.loads(path.read_text(encoding="utf-8"))
+    meta = read_json(path)
     if meta.get("format") != FORMAT:
         raise IclgdError(f"{path}: unknown format {meta.get('format')!r}, expected {FORMAT!r}")
     return meta

@@ -83,7 +83,7 @@ def test_reordered_icl_floor_and_finetuned_metrics_by_hand(neox, sets):
     by_hand = torch.stack([kendall_tau(icl.demo_attention[b, 1].double().mean(0),
                                        ft.demo_inputs[b, 1].double() @ ft.attn_in[b, 1].double())
                            for b in range(len(ps))]).mean()
-    assert float(lm["kendall_tau"][1]) == pytest.approx(float(by_hand), abs=1e-12)
+    assert float(lm["kendall_tau_dual_form"][1]) == pytest.approx(float(by_hand), abs=1e-12)
     # layer 0 of a rotary model: a token's input is the same wherever it sits -> exact ties,
     # which count as neither concordant nor discordant
     x0 = ft.demo_inputs[0, 0]
@@ -133,7 +133,9 @@ def test_compare_model_rows_and_summary(neox, sets):
     for m in ("accuracy_zs", "accuracy_icl", "accuracy_ft", "token_overlap",
               "token_overlap_floor", "simaou_norm", "simaou_raw", "simaou_random_norm",
               "simam_before", "simam_after", "simam_delta", "kendall_tau", "rec2ftp",
-              "dw_cosine", "dw_norm_ratio", "dw_left_overlap"):
+              "dw_cosine", "dw_norm_ratio", "dw_left_overlap", "kendall_tau_random",
+              "kendall_tau_examples", "topk_recall_tokens", "topk_recall_examples_random",
+              "kendall_tau_dual_form", "n_f2t", "simaou_norm_f2t", "simam_after_f2t"):
         assert m in metrics, m
     # N = 1 cannot be reordered: the noise floor is exactly 1
     floor1 = [r for r in rows if r["metric"] == "token_overlap_floor" and r["n_demos"] == 1]
@@ -187,6 +189,8 @@ def test_compare_cli_end_to_end(tiny_models, tmp_path, capsys):
         assert (out / name).stat().st_size > 0, name
     saved = json.loads((out / "compare.json").read_text())
     assert saved["provenance"]["weight_processing"] == "raw"
+    assert saved["provenance"]["control"] == "untrained"
+    assert saved["provenance"]["control_init"].startswith("attention and MLP weights ~ N(0, 0.02^2)")
     assert saved["settings"]["n_queries"] == 3 and saved["settings"]["methods"] == ["gd", "kv"]
     header = (out / "compare.csv").read_text().splitlines()[0]
     assert header == "model,n_demos,method,metric,layer,value"

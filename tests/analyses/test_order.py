@@ -68,21 +68,6 @@ def test_full_batch_gd_is_order_invariant_sgd_and_icl_are_not(neox, prompts):
     assert (gd[0] - base[0]).abs().max() > 1e-3
 
 
-def test_orders_per_run_bounds_memory_without_changing_numbers(neox, prompts):
-    from iclgd.analyses.order import ft_distributions_by_epoch
-
-    orders = orderings(4, 3, seed=2)
-    together = ft_distributions_by_epoch(neox, prompts, orders, "adam", lr=1e-2, epochs=[1, 2])
-    one_by_one = ft_distributions_by_epoch(neox, prompts, orders, "adam", lr=1e-2,
-                                           epochs=[1, 2], orders_per_run=1)
-    assert set(together) == set(one_by_one) == {1, 2}
-    for e in (1, 2):
-        assert torch.allclose(together[e], one_by_one[e], atol=1e-6)
-    with pytest.raises(IclgdError, match="orders_per_run"):
-        ft_distributions_by_epoch(neox, prompts, orders, "gd", lr=0.1, epochs=[1],
-                                  orders_per_run=0)
-
-
 def test_order_experiment_rows(neox, prompts):
     rows = order_experiment(neox, prompts, ["gd", "adam"], n_perms=3, epochs=2,
                             lr={"gd": 0.3, "adam": 1e-2})

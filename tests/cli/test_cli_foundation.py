@@ -70,3 +70,60 @@ def test_console_error_has_no_traceback(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         f"iclgd density: error: unknown model '{tmp_path / 'nope'}': no such folder"]
+
+
+_PROBE = ("import sys\n"
+          "from iclgd.cli import main\n"
+          "rc = main(sys.argv[1:])\n"
+          "print(rc, 'torch' in sys.modules, 'transformer_lens' in sys.modules)")
+
+
+def test_bad_paths_are_answered_before_torch_is_imported(tmp_path):
+    (tmp_path / "file.txt").write_text("x")
+    (tmp_path / "empty").mkdir()
+    cases = [
+        (["inspect", "/no/such/folder"], "unknown model '/no/such/folder': no such folder"),
+        (["density", str(tmp_path / "file.txt")], "is a file"),
+        (["inspect", str(tmp_path / "empty")], "has no config.json"),
+        (["compare", "--model", "./missing", "--task", "capitals"], "no such folder"),
+        (["compare", "--model", str(tmp_path / "empty"), "--task", "capitals"], "no config.json"),
+        (["order", "--model", "org/name", "--task", str(tmp_path / "no.jsonl")], "no such file"),
+        (["compare", "--model", "org/name", "--task", "capitals", "--demos", "1,x"],
+         "comma-separated"),
+        (["compare", "--model", "org/name", "--task", "capitals", "--out",
+          str(tmp_path / "file.txt")], "is a file"),
+        (["sweep", "/no/such/series", "--out", str(tmp_path / "o")], "no such folder"),
+        (["train", "ginc", "--out", str(tmp_path / "file.txt")], "is a file"),
+    ]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    for argv, needle in cases:
+        proc = subprocess.run([sys.executable, "-c", _PROBE, *argv], capture_output=True,
+                              text=True, env=env)
+        assert proc.stdout.split() == ["2", "False", "False"], (argv, proc.stdout, proc.stderr)
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and needle in lines[0], (argv, proc.stderr)
+
+
+def test_bad_path_costs_well_under_a_second():
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    proc = subprocess.run([sys.executable, "-m", "iclgd.cli", "inspect", "/no/such/folder"],
+                          capture_output=True, text=True)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    assert proc.returncode == 2 and "no such folder" in proc.stderr
+    assert cpu < 0.5, f"{cpu:.2f} s CPU"  # torch alone takes seconds to import
+
+
+def test_a_bug_shows_its_traceback_and_exits_1(monkeypatch, capsys):
+    from iclgd.commands import inspect as inspect_command
+
+    def broken(args):
+        raise KeyError("bug inside iclgd")
+
+    monkeypatch.setattr(inspect_command, "run", broken)
+    assert main(["inspect", "whatever"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "KeyError: 'bug inside iclgd'" in err
+    assert err.strip().splitlines()[-1].startswith("iclgd inspect: internal error")

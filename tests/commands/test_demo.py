@@ -46,6 +46,7 @@ def test_quick_demo_writes_every_section(quick_demo):
                                "Dual form, layer by layer", "Weight evolution"), 1):
         assert f"## {i}. {title}" in report
     assert "failed" not in report and "not run" not in report
+    assert "ICL gain n = 0 -> 8, ginc_in_k3" in report  # the sweep's verdict, emerged or not
     figures = sorted(out.glob("*/*.png"))
     assert len(figures) >= 10
     for fig in figures:

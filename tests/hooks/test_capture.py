@@ -67,3 +67,52 @@ def test_errors(gpt2):
         capture(gpt2, _tokens(), ["blocks.0.hook_attn_outt"])
     with pytest.raises(IclgdError, match="vocabulary|must lie in"):
         capture(gpt2, torch.full((1, 3), 64), ["blocks.0.hook_attn_out"])
+
+
+# ----------------------------------------------------------------------------- every model kind
+def _check_against_cache(model, inputs, names, **kw):
+    got = capture(model, inputs, names, positions=-1, return_logits=True, **kw)
+    out, cache = model.run_with_cache(inputs, **kw.get("forward_kwargs", {}))
+    for n in names:
+        pos_axis = 2 if n.endswith(("hook_attn_scores", "hook_pattern")) else 1
+        assert torch.allclose(got[n], cache[n].select(pos_axis, -1).cpu(), rtol=1e-5, atol=1e-6), n
+    assert torch.allclose(got["logits"], out[:, -1].cpu(), rtol=1e-5, atol=1e-6)
+    return got
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "neox", "llama", "series", "in-memory", "native"])
+def test_capture_on_every_bridge_load_model_returns(kind, tiny_models, tiny_series):
+    from conftest import tiny_hf_model
+
+    spec = {
+        "series": tiny_series,
+        "in-memory": tiny_hf_model("neox", seed=3),
+        "native": {"n_layers": 1, "d_model": 16, "n_heads": 2, "d_head": 8, "d_mlp": 32,
+                   "d_vocab": 64, "n_ctx": 16, "act_fn": "gelu"},
+    }.get(kind, tiny_models.get(kind))
+    model = load_model(spec, device="cpu")
+    _check_against_cache(model, _tokens(pos=9), ["blocks.0.hook_attn_out",
+                                                 "blocks.0.attn.hook_attn_scores"])
+
+
+@pytest.mark.parametrize("attention", ["linear", "softmax"])
+def test_capture_on_the_linear_attention_transformer(attention):
+    from iclgd.hooks import LinearAttentionConfig, LinearAttentionTransformer
+
+    model = LinearAttentionTransformer(LinearAttentionConfig(d_model=6, n_layers=2, n_heads=2,
+                                                             attention=attention,
+                                                             dtype=torch.float64), seed=1)
+    x = torch.randn(3, 5, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    names = ["blocks.1.hook_attn_out", "blocks.0.attn.hook_pattern"]
+    _check_against_cache(model, x, names)
+    # forward arguments reach the model: n_context changes which keys are read
+    a = _check_against_cache(model, x, names, forward_kwargs={"n_context": 2})
+    b = capture(model, x, names, positions=-1)
+    assert not torch.allclose(a["blocks.1.hook_attn_out"], b["blocks.1.hook_attn_out"])
+    one = capture(model, x[0], "blocks.1.hook_attn_out")  # 2-D: one sequence
+    assert torch.allclose(one["blocks.1.hook_attn_out"], capture(model, x, "blocks.1.hook_attn_out")
+                          ["blocks.1.hook_attn_out"][:1], rtol=1e-5)
+    with pytest.raises(IclgdError, match="float token vectors"):
+        capture(model, torch.zeros(1, 5, dtype=torch.long), names)
+    with pytest.raises(IclgdError, match="empty"):
+        capture(model, torch.zeros(1, 0, 6, dtype=torch.float64), names)

@@ -76,12 +76,39 @@ def test_rec2ftp():
 
 
 def test_kendall_tau_hand_values():
-    assert kendall_tau(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([1.0, 3.0, 2.0])).item() == pytest.approx(1 / 3)
-    # tie in x: pair (0,1) counts as neither
-    assert kendall_tau(torch.tensor([1.0, 1.0, 2.0]), torch.tensor([1.0, 2.0, 3.0])).item() == pytest.approx(2 / 3)
+    t = lambda a, b, **kw: kendall_tau(torch.tensor(a), torch.tensor(b), **kw).item()  # noqa: E731
+    assert t([1.0, 2.0, 3.0], [1.0, 3.0, 2.0]) == pytest.approx(1 / 3)
+    # x = [0,0,1,2], y = [0,1,1,2]: S = 4 over 6 pairs, 5 untied in x and 5 in y
+    assert t([0.0, 0.0, 1.0, 2.0], [0.0, 1.0, 1.0, 2.0]) == pytest.approx(0.8, abs=1e-15)
+    assert t([0.0, 0.0, 1.0, 2.0], [0.0, 1.0, 1.0, 2.0], variant="a") == pytest.approx(4 / 6)
+    # tie in x: S = 2, untied pairs 2 (x) and 3 (y)
+    assert t([1.0, 1.0, 2.0], [1.0, 2.0, 3.0]) == pytest.approx(2 / math.sqrt(6), abs=1e-15)
+    assert t([1.0, 1.0, 2.0], [1.0, 2.0, 3.0], variant="a") == pytest.approx(2 / 3)
     x = torch.tensor([[4.0, 3.0, 2.0, 1.0], [0.1, 0.2, 0.3, 0.4]])
     assert kendall_tau(x, torch.tensor([1.0, 2.0, 3.0, 4.0]).expand(2, 4)).tolist() == pytest.approx([-1.0, 1.0])
-    assert math.isnan(kendall_tau(torch.tensor([1.0]), torch.tensor([2.0])).item())
+    assert math.isnan(t([1.0], [2.0]))
+    # a constant row has no untied pair: NaN for τ-b (as scipy), 0 for τ-a
+    assert math.isnan(t([3.0, 3.0, 3.0], [1.0, 2.0, 3.0]))
+    assert t([3.0, 3.0, 3.0], [1.0, 2.0, 3.0], variant="a") == 0.0
+    assert math.isnan(t([1.0, float("nan"), 3.0], [1.0, 2.0, 3.0]))
+    with pytest.raises(IclgdError, match="variant"):
+        t([1.0, 2.0], [1.0, 2.0], variant="c")
+
+
+def test_kendall_tau_b_matches_scipy_on_tied_and_untied_data():
+    scipy_stats = pytest.importorskip("scipy.stats")
+    g = torch.Generator().manual_seed(0)
+    tied_x = torch.randint(0, 4, (40, 17), generator=g).double()
+    tied_y = torch.randint(0, 3, (40, 17), generator=g).double()
+    untied_x, untied_y = torch.randn(40, 17, generator=g), torch.randn(40, 17, generator=g)
+    for x, y in ((tied_x, tied_y), (untied_x, untied_y), (tied_x, untied_y)):
+        got = kendall_tau(x.reshape(4, 10, 17), y.reshape(4, 10, 17)).reshape(-1)
+        want = [scipy_stats.kendalltau(a.numpy(), b.numpy())[0] for a, b in zip(x, y, strict=True)]
+        assert got.tolist() == pytest.approx(want, abs=1e-15)
+    # rows longer than one chunk of pairs take the chunked path and agree too
+    x, y = torch.randint(0, 50, (3, 1300), generator=g), torch.randint(0, 50, (3, 1300), generator=g)
+    want = [scipy_stats.kendalltau(a.numpy(), b.numpy())[0] for a, b in zip(x, y, strict=True)]
+    assert kendall_tau(x, y).tolist() == pytest.approx(want, abs=1e-12)
 
 
 def test_token_overlap_and_overlap_cosine():
