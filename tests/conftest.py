@@ -97,3 +97,40 @@ def smollm2_folder(tmp_path_factory) -> Path:
 
     os.environ["ICLGD_HOME"] = str(tmp_path_factory.mktemp("iclgd_home"))
     return converted_folder("smollm2-135m")
+
+
+def task_word_tokenizer():
+    """A word-level tokenizer over every word of the built-in tasks (id 0 = BOS/EOS/PAD/UNK)."""
+    import json
+    from importlib import resources
+
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = {"Input:", "Output:"}
+    for path in resources.files("iclgd.data.builtin").iterdir():
+        if path.name.endswith(".jsonl"):
+            for line in path.read_text(encoding="utf-8").splitlines():
+                for value in json.loads(line).values():
+                    words.update(str(value).split())
+    vocab = {w: i for i, w in enumerate(["<unk>", *sorted(words)])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<unk>",
+                                   eos_token="<unk>", pad_token="<unk>")
+
+
+@pytest.fixture(scope="session")
+def tiny_task_lm(tmp_path_factory) -> Path:
+    """A tiny random Llama whose tokenizer knows the built-in tasks' words (text-task LM)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = task_word_tokenizer()
+    torch.manual_seed(3)
+    cfg = LlamaConfig(num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                      hidden_size=32, intermediate_size=64, vocab_size=len(tok),
+                      max_position_embeddings=256, bos_token_id=0, eos_token_id=0)
+    folder = tmp_path_factory.mktemp("tiny_task_lm")
+    LlamaForCausalLM(cfg).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder

@@ -299,6 +299,7 @@ def compare_model(
     progress: Callable[[str], None] | None = None,
     cells: Collection[tuple[int, str]] | None = None,
     batch_size: BatchSize = DEFAULT_BATCH,
+    on_runs: Callable[[int, str, dict[str, RunCapture | None]], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Run ZS, ICL (twice: two demonstration orders) and FT per method for every N in
     `prompt_sets`, and return tidy rows `{model: label, n_demos, method, metric, layer, value}`
@@ -308,7 +309,11 @@ def compare_model(
     `cells`: only these `(n_demos, method)` cells (method "" = the metrics without finetuning;
     None = all), e.g. one shard's share (`iclgd.analyses.shards`). Each cell's numbers do not
     depend on the other cells run: the reordering and random baselines of N draw from a
-    generator seeded by `(seed, N)`. `batch_size`: prompts per forward pass, or "auto"."""
+    generator seeded by `(seed, N)`. `batch_size`: prompts per forward pass, or "auto".
+
+    `on_runs(n, method, runs)` gets each finetuning run's captures `{"zs", "icl",
+    "icl_reordered", "ft"}` (`icl_reordered` None when the cell without finetuning is not run),
+    for per-query statistics such as standard errors without capturing again."""
     n_layers = int(model.cfg.n_layers)
     wv_layer = n_layers // 2 if wv_layer is None else wv_layer
     scratch = ScratchModel(model)
@@ -338,6 +343,7 @@ def compare_model(
         if zs is None:  # the ZS prompts are the same for every N
             zs = run_zero_shot(model, prompts, batch_size=batch_size)
         icl = run_icl(model, prompts, batch_size=batch_size)
+        icl_re = None
         if "" in wanted:
             gen = cell_generator(seed, n)
             icl_re = run_icl(model, prompts.reordered(random_order(n, gen)), batch_size=batch_size)
@@ -371,6 +377,8 @@ def compare_model(
             if dw is not None:
                 for r in dw.rows(deltas):
                     add(n, method, r["metric"], r["value"], r["layer"])
+            if on_runs is not None:
+                on_runs(n, method, {"zs": zs, "icl": icl, "icl_reordered": icl_re, "ft": ft})
             if progress is not None:
                 progress(f"{label} N={n} {method}")
     return rows

@@ -1,161 +1,200 @@
-"""The demo's report: one Markdown page over the results the analyses wrote.
+"""The demo's report: `report.md`, a self-contained `report.html` and `summary.json`, written
+from the section folders' `result.json` files alone (`iclgd.analyses.section_base`), so it
+can be rebuilt at any time: `python -m iclgd.analyses.report DIR`.
 
-Reads only files (each analysis wrote its own tidy CSV/JSON), so it can be rebuilt at any time:
-`sweep/rows.jsonl`, `compare/compare_summary.csv`, `order/order.csv`, `audit/audit.json`,
-`density/density.json`. Missing parts are listed as missing, never invented.
+Layout: the verdict table (`iclgd.analyses.verdict`), then one section each, leading with its
+key numbers (from the headline, with standard errors) and one figure, linking the others and
+the full CSV; a section whose parts failed or whose model is not available says so. The
+per-section prose lives in `iclgd.analyses.report_sections`.
 """
 
 from __future__ import annotations
 
-import csv
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
-from iclgd.analyses.sweep import last_checkpoint_verdict
-from iclgd.results import read_jsonl
+from iclgd.analyses.report_sections import HEADLINE, SECTION_TEXT, fmt
+from iclgd.analyses.verdict import read_results, verdicts
+from iclgd.results import atomic_write_text, write_json
+
+ORDER = ("constructions", "trained_vs_constructed", "density", "emergent_icl", "order",
+         "outputs", "dual_form", "weight_evolution")
+TITLES = {
+    "constructions": "Constructions audit", "trained_vs_constructed": "Trained against constructed",
+    "density": "Density", "emergent_icl": "Emergent ICL", "order": "Order sensitivity",
+    "outputs": "Outputs", "dual_form": "Dual form, layer by layer",
+    "weight_evolution": "Weight evolution",
+}
+SECTION_CLAIMS = {
+    "constructions": ("constructions", "akyurek", "dual_form"), "trained_vs_constructed":
+    ("trained",), "density": ("density",), "emergent_icl": ("emergence",), "order": ("order",),
+    "outputs": ("outputs",), "dual_form": ("dual_form",), "weight_evolution": ("evolution",),
+}
 
 
-def _table(rows: list[dict[str, Any]], columns: list[str], limit: int = 40) -> str:
-    cols = [c for c in columns if any(c in r for r in rows)]
-    if not rows or not cols:
-        return "_(no rows)_\n"
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for r in rows[:limit]:
-        lines.append("| " + " | ".join(_fmt(r.get(c)) for c in cols) + " |")
-    if len(rows) > limit:
-        lines.append(f"| … {len(rows) - limit} more rows | " + " | " * (len(cols) - 1))
+def columns(table: list[dict[str, Any]], results: dict[str, Any]) -> list[str]:
+    """Verdict-table columns: "toy" then the language models in the order the sections
+    list them."""
+    cols = ["toy"]
+    for name in ORDER:
+        for label, prov in (results.get(name) or {}).get("provenance", {}).items():
+            if prov.get("kind") in ("ginc", "lm") and label not in cols:
+                cols.append(label)
+    for row in table:
+        cols += [c for c in row["cells"] if c not in cols]
+    return cols
+
+
+def verdict_markdown(table: list[dict[str, Any]], cols: list[str]) -> str:
+    """The verdict table as Markdown (cells: verdict, measurement; control)."""
+    head = ["claim", "test"] + [("ICL objective (toy)" if c == "toy" else c) for c in cols]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in table:
+        cells = []
+        for c in cols:
+            cell = row["cells"].get(c)
+            if cell is None:
+                cells.append("–")
+            elif cell["verdict"] in ("not available", "failed"):
+                cells.append(f"**{cell['verdict']}** (see its section)")
+            else:
+                cells.append(f"**{cell['verdict']}**: {cell['measurement']}; "
+                             f"control: {cell['control']}")
+        lines.append("| " + " | ".join([row["claim"], row["test"]] + cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def _fmt(v: Any) -> str:
-    if v is None or v == "":
-        return "–"
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return str(v)
-    if f.is_integer() and abs(f) < 1e6:
-        return str(int(f))
-    return f"{f:.4g}"
+def status_lines(rec: dict[str, Any]) -> list[str]:
+    """One line per part that is not ok."""
+    return [f"- **{label}: {status}**" for label, status in rec["status"].items() if status != "ok"]
 
 
-def _read_csv(path: Path) -> list[dict[str, Any]]:
-    with path.open(newline="") as fh:
-        return list(csv.DictReader(fh))
-
-
-def _pngs(folder: Path, root: Path) -> str:
-    return "".join(f"![{p.stem}]({p.relative_to(root)})\n\n" for p in sorted(folder.glob("*.png")))
-
-
-def sweep_section(folder: Path, root: Path) -> str:
-    """ICL across checkpoints against the Bayes ceiling, and weight drift."""
-    rows = [r for r in read_jsonl(folder / "rows.jsonl") if not r.get("error")]
-    if not rows:
-        return "## Weight evolution (checkpoint sweep)\n\n_missing_\n"
-    flat = []
-    for r in rows:
-        acc, bayes = r.get("icl_accuracy") or {}, r.get("bayes_accuracy") or {}
-        lm = r.get("pretrained_bayes_accuracy") or {}
-        ns = sorted(acc, key=int)
-        lo, hi = (ns[0], ns[-1]) if ns else (None, None)
-        flat.append({
-            "checkpoint": r["checkpoint"], "step": r["step"],
-            f"acc n={lo}": acc.get(lo), f"acc n={hi}": acc.get(hi),
-            f"bayes n={lo}": bayes.get(lo), f"bayes n={hi}": bayes.get(hi),
-            f"pretrained-LM Bayes n={lo}": lm.get(lo), f"pretrained-LM Bayes n={hi}": lm.get(hi),
-            "icl_score": (r.get("icl_score") or {}).get("score")
-            if isinstance(r.get("icl_score"), dict) else r.get("icl_score"),
-            "drift_prev": r.get("weight_drift_prev"), "drift_final": r.get("weight_drift_final"),
-        })
-    last = flat[-1]
-    keys = [k for k in last if k.startswith(("acc", "bayes"))]
-    text = ["## Weight evolution (checkpoint sweep)\n",
-            "ICL accuracy on in-distribution GINC prompts (k = 3) by number of examples n, the "
-            "exact Bayes-optimal ceiling (ideal learner), the exact pretraining-view predictor "
-            "(a perfectly fitted pretrained LM), and how far the raw attention/MLP weights move "
-            "(‖θ_t − θ_prev‖/‖θ_prev‖ and ‖θ_t − θ_last‖/‖θ_last‖).\n",
-            _table(flat, list(flat[0].keys()))]
-    if len(keys) == 4:
-        text.append(
-            f"\nLast checkpoint: accuracy {_fmt(last[keys[0]])} → {_fmt(last[keys[1]])} "
-            f"(Bayes ceiling {_fmt(last[keys[2]])} → {_fmt(last[keys[3]])}).\n")
-    verdict = last_checkpoint_verdict(rows)
-    if verdict:
-        text.append(f"\n**{verdict}.**\n")
-    text.append("\n" + _pngs(folder, root))
-    return "\n".join(text)
-
-
-def csv_section(title: str, blurb: str, path: Path, columns: list[str], root: Path) -> str:
-    """A section from one tidy CSV plus the PNGs beside it."""
-    if not path.exists():
-        return f"## {title}\n\n_missing_\n"
-    rows = _read_csv(path)
-    return f"## {title}\n\n{blurb}\n\n{_table(rows, columns)}\n{_pngs(path.parent, root)}"
-
-
-def audit_section(path: Path) -> str:
-    """The audited construction: error vs its algorithm, sparsity, perturbation."""
-    if not path.exists():
-        return "## Constructions (audit)\n\n_missing_\n"
-    rep = json.loads(path.read_text())
-    lines = ["## Constructions (audit)\n",
-             f"`{rep.get('construction')}` against `{rep.get('reference')}`: max |error| "
-             f"{_fmt(rep.get('max_abs_error'))}, loss {_fmt(rep.get('loss_construction'))} vs "
-             f"{_fmt(rep.get('loss_reference'))} ({rep.get('loss_convention', 'half MSE')}).\n"]
-    width = rep.get("density_at_width") or {}
-    for kind in ("embedded", "scaled"):
-        if isinstance(width.get(kind), dict):
-            lines.append(f"Non-zero fraction at residual width {width.get('width')} ({kind}): "
-                         + ", ".join(f"{k} {_fmt(v)}" for k, v in width[kind].items()) + "\n")
-    pert = rep.get("perturbation")
-    if isinstance(pert, list) and pert and isinstance(pert[0], dict):
-        lines.append("Dense Gaussian noise of relative size ε on every matrix:\n")
-        lines.append(_table(pert, list(pert[0].keys())))
+def section_markdown(name: str, index: int, rec: dict[str, Any] | None,
+                     table: list[dict[str, Any]]) -> str:
+    """One numbered section: status, key numbers and lead figure, other figures, reading."""
+    title = f"## {index}. {TITLES[name]}\n"
+    if rec is None:
+        return title + "\n**not run** (no result file).\n"
+    lines = [title]
+    failed = [s for s in rec["status"].values() if s.startswith("failed")]
+    if failed:
+        lines.append(f"**failed** ({len(failed)} of {len(rec['status'])} models); "
+                     "the other models' results are below.\n")
+    lines += status_lines(rec)
+    text = SECTION_TEXT[name](rec)
+    lines += ["", text["what"], "", "Key numbers:", ""]
+    lines += [f"- {k}" for k in text["numbers"]] or ["- (no model measured)"]
+    figs = rec.get("figures") or []
+    lead = text.get("lead") if text.get("lead") in figs else (figs[0] if figs else None)
+    if lead:
+        lines += ["", f"![{lead}]({name}/{lead})"]
+    others = [f for f in figs if f != lead]
+    if others:
+        lines += ["", "Other figures: " + ", ".join(f"[{f}]({name}/{f})" for f in others) + "."]
+    reading = [_reading(row, c) for row in table if row["key"] in SECTION_CLAIMS[name]
+               for c in row["cells"].items() if c[1]["verdict"] not in ("not available", "failed")]
+    if reading:
+        lines += ["", "What this says about ICL ≈ GD:", ""] + [f"- {r}" for r in reading]
+    if text.get("note"):
+        lines += ["", text["note"]]
+    files = [f"[{f}]({name}/{f})" for f in ("rows.csv", "result.json")
+             if f == "result.json" or rec.get("rows_file")]
+    lines += ["", "Full results: " + ", ".join(files) + f"; CPU {fmt(sum(rec['cpu_s'].values()), '.0f')} s.", ""]
     return "\n".join(lines)
 
 
-def density_section(path: Path) -> str:
-    """Mean fraction of near-zero raw weights per matrix of the trained model."""
-    if not path.exists():
-        return "## Weight density\n\n_missing_\n"
-    rep = json.loads(path.read_text())
-    rows = [{"matrix": name, **{f"<{k}": v for k, v in s["fraction_below"].items()},
-             "hoyer": s["hoyer"]} for name, s in rep["summary"]["by_matrix"].items()]
-    return ("## Weight density (raw weights, last checkpoint)\n\n"
-            "Fraction of entries with |w| < τ, averaged over layers; constructions need ≥ 99.99 % "
-            "for W_K/W_Q at LLM width.\n\n" + _table(rows, list(rows[0].keys())))
+def _reading(row: dict[str, Any], item: tuple[str, dict[str, Any]]) -> str:
+    col, cell = item
+    where = "the ICL-objective models" if col == "toy" else f"`{col}`"
+    verb = {"supports": "**supports**", "contradicts": "**contradicts**"}.get(
+        cell["verdict"], f"is **{cell['verdict']}** about")
+    return (f"On {where}, the evidence {verb} “{row['claim']}”: "
+            f"{cell['measurement']} (control: {cell['control']}).")
 
 
-def build_report(root: str | Path) -> Path:
-    """Write `root/report.md` from the result folders under `root`; return its path."""
-    from iclgd.results import atomic_write_text
+def headline_number(name: str, rec: dict[str, Any]) -> dict[str, Any]:
+    """Each model's headline number of a section: `{model: {name, value, se}}`."""
+    key = HEADLINE[name]
+    out = {}
+    for label, h in rec["headline"].items():
+        got = key(h)
+        if got is not None:
+            out[label] = {"name": got[0], "value": got[1], "se": got[2]}
+    return out
+
+
+def build_summary(root: Path, results: dict[str, Any], table: list[dict[str, Any]],
+                  timing: dict[str, Any] | None) -> dict[str, Any]:
+    """summary.json: per section its headline numbers, status, CPU seconds and source file."""
+    sections = {}
+    for name in ORDER:
+        rec = results.get(name)
+        if rec is None:
+            sections[name] = {"status": "not run"}
+            continue
+        sections[name] = {"file": f"{name}/result.json", "status": rec["status"],
+                          "cpu_s": rec["cpu_s"], "cpu_s_total": round(sum(rec["cpu_s"].values()), 2),
+                          "headline": headline_number(name, rec)}
+    verdict_cells = {row["key"]: {c: cell["verdict"] for c, cell in row["cells"].items()}
+                     for row in table}
+    return {"sections": sections, "verdicts": verdict_cells, "timing": timing or {}}
+
+
+def build_report(root: str | Path, *, timing: dict[str, Any] | None = None,
+                 title: str = "iclgd demo report") -> Path:
+    """Write `report.md`, `report.html` and `summary.json` under `root`; return report.md."""
+    from iclgd.analyses.report_html import markdown_to_html
 
     root = Path(root)
-    parts = [
-        "# iclgd demo report\n",
-        "Embedded default: a GPT-NeoX causal LM trained from scratch on GINC (ICL emerges from "
-        "next-token pretraining), then the four tests of the ICL-as-GD debate. Every number "
-        "comes from the files beside this report; provenance is in each folder's JSON.\n",
-        sweep_section(root / "sweep", root),
-        csv_section("ICL vs finetuning (outputs and layer-wise similarity)",
-                    "Per number of demonstrations and finetuning method, with the untrained-model "
-                    "control. Similarities mean little without their controls: compare each with "
-                    "its `control` row and random baseline.",
-                    root / "compare" / "compare_summary.csv",
-                    ["model", "n_demos", "method", "accuracy_zs", "accuracy_icl", "accuracy_ft",
-                     "token_overlap", "token_overlap_floor", "overlap_cosine",
-                     "overlap_cosine_floor", "simaou_norm", "simaou_random_norm", "simaou_raw",
-                     "simaou_random_raw", "simam_after", "simam_before", "simam_delta", "rec2ftp",
-                     "kendall_tau", "kendall_tau_random", "topk_recall_examples",
-                     "topk_recall_examples_random", "dw_cosine", "dw_norm_ratio"], root),
-        csv_section("Order sensitivity", "ICL reorders the prompt; each GD variant finetunes on "
-                    "the demonstrations in that order. Full-batch GD is order-invariant.",
-                    root / "order" / "order.csv",
-                    ["model", "setting", "method", "epoch", "order_sensitivity", "se"], root),
-        density_section(root / "density" / "density.json"),
-        audit_section(root / "audit" / "audit.json"),
-    ]
-    return atomic_write_text(root / "report.md", "\n".join(parts))
+    results = read_results(root)
+    table = verdicts(root)
+    cols = columns(table, results)
+    parts = [f"# {title}\n",
+             "Every test of the ICL-as-GD debate on the models below: the constructions and "
+             "linear-attention models trained on the ICL objective, a GINC model whose ICL "
+             "emerges from next-token pretraining, and a real pretrained LM when installed. "
+             "Every number is read from the result files beside this report (provenance in "
+             "each `result.json`).\n",
+             "## Verdicts\n",
+             "Each cell: whether the evidence here **supports**, **contradicts** or is "
+             "**inconclusive** about the claim, the measurement and its control, computed by "
+             "the rules listed under “How the verdicts are computed” at the end.\n",
+             verdict_markdown(table, cols)]
+    for i, name in enumerate(ORDER, 1):
+        parts.append(section_markdown(name, i, results.get(name), table))
+    parts.append("## How the verdicts are computed\n")
+    parts += [f"- **{row['claim']}** — {row['rule']}" for row in table]
+    if timing:
+        parts += ["", "## Timing\n", _timing_markdown(timing)]
+    md = "\n".join(parts) + "\n"
+    write_json(root / "summary.json", build_summary(root, results, table, timing))
+    atomic_write_text(root / "report.html", markdown_to_html(md, root, title=title))
+    return atomic_write_text(root / "report.md", md)
+
+
+def _timing_markdown(timing: dict[str, Any]) -> str:
+    lines = [f"Wall {fmt(timing.get('wall_s'), '.0f')} s; CPU {fmt(timing.get('cpu_s'), '.0f')} s "
+             f"over {timing.get('jobs', 1)} worker(s).", ""]
+    for name, cpu in (timing.get("sections") or {}).items():
+        lines.append(f"- {name}: {fmt(cpu, '.0f')} s CPU")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m iclgd.analyses.report DIR`: rebuild the report from DIR's result files."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m iclgd.analyses.report DIR", file=sys.stderr)
+        return 2
+    timing = None
+    summary = Path(args[0]) / "summary.json"
+    if summary.is_file():
+        timing = json.loads(summary.read_text(encoding="utf-8")).get("timing")
+    print(build_report(args[0], timing=timing))
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -221,12 +221,14 @@ def sensitivities(predictor: Predictor, tasks: RegressionTasks) -> tuple[Tensor,
 
 
 def compare(a: Predictor, b: Predictor, tasks: RegressionTasks) -> dict[str, float]:
-    """von Oswald's agreement metrics of predictor `a` against `b` (float64 recommended)."""
+    """von Oswald's agreement metrics of predictor `a` against `b` (float64 recommended), with
+    `model_cos_se`, the standard error of the mean cosine over tasks."""
     ya, sa = sensitivities(a, tasks)
     yb, sb = sensitivities(b, tasks)
     cos = torch.nn.functional.cosine_similarity(sa, sb, dim=-1)
     return {
         "model_cos": float(cos.mean()),
+        "model_cos_se": float(cos.std() / cos.numel() ** 0.5) if cos.numel() > 1 else float("nan"),
         "model_diff": float((sa - sb).norm(dim=-1).mean()),
         "pred_diff": float((ya - yb).abs().mean()),
     }

@@ -14,6 +14,7 @@ COMMAND_MODULES = (
     "reproduce",
     "audit",
     "train",
+    "analyse",
     "demo",
     "layers",
     "tasks",

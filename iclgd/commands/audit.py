@@ -10,25 +10,17 @@ from __future__ import annotations
 
 import argparse
 
-NAMES = (
-    "von-oswald-gd",
-    "von-oswald-gdpp",
-    "von-oswald-standard-tokens",
-    "akyurek-sgd",
-    "ahn-pgd",
-    "dual-form",
-)
-
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `audit` subcommand."""
     p = subparsers.add_parser("audit", help="audit a hand-built ICL-as-GD construction")
-    p.add_argument("name", choices=NAMES)
+    p.add_argument("name", help="von-oswald-gd, von-oswald-gdpp, von-oswald-standard-tokens, "
+                   "akyurek-sgd, ahn-pgd or dual-form (iclgd.constructions.registry)")
     p.add_argument("--d", type=int, default=10, help="input dimension (default 10)")
     p.add_argument("--n", type=int, default=10, help="context points (default 10)")
     p.add_argument("--d-out", type=int, default=1)
     p.add_argument(
-        "--eta", type=float, default=None, help="GD rate (default: 1 / mean ||x||^2-ish, see text)"
+        "--eta", type=float, default=None, help="GD rate (default 0.6 d, near the best one-step rate)"
     )
     p.add_argument("--gamma", type=float, default=0.01, help="GD++ gamma (per layer, same value)")
     p.add_argument("--steps", type=int, default=1, help="GD steps / SGD steps")
@@ -46,47 +38,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def build(args: argparse.Namespace):
-    """The `Construction` named by `args.name` (arguments validated by the builders)."""
-    import math
-
+    """The `Construction` named by `args.name` (`iclgd.constructions.registry`)."""
     import torch
 
-    from iclgd import constructions as C
+    from iclgd.constructions.registry import build_construction
     from iclgd.errors import IclgdError
 
-    dtype = torch.float64 if args.dtype == "float64" else torch.float32
-    # default rate: von Oswald's tuned one-step rate for d = n = 10 with x ~ U(-0.5, 0.5) is ~6;
-    # in general 0.6 * d keeps one step near optimal for that input distribution.
-    eta = args.eta if args.eta is not None else 0.6 * args.d
-    if not math.isfinite(eta):
-        raise IclgdError(f"--eta must be finite, got {eta}")
     if args.tasks < 1:
         raise IclgdError(f"--tasks must be >= 1, got {args.tasks}")
-    name = args.name
-    if name == "von-oswald-gd":
-        return C.von_oswald_gd(
-            args.d, n=args.n, eta=eta, d_out=args.d_out, steps=args.steps, dtype=dtype
-        )
-    if name == "von-oswald-gdpp":
-        return C.von_oswald_gdpp(args.d, n=args.n, eta=eta, gamma=args.gamma, layers=args.layers,
-                                 d_out=args.d_out, dtype=dtype)  # fmt: skip
-    if name == "von-oswald-standard-tokens":
-        return C.von_oswald_standard_tokens(args.d, n=args.n, eta=eta, d_out=args.d_out,
-                                            temperature=args.temperature, dtype=dtype)  # fmt: skip
-    if name == "akyurek-sgd":
-        if args.d_out != 1:
-            raise IclgdError("akyurek-sgd is built for d_out = 1")
-        return C.akyurek_sgd_step(args.d, n=args.n, alpha=eta / 2 / args.d, steps=args.steps,
-                                  mul_scale=args.mul_scale, dtype=dtype)  # fmt: skip
-    if name == "ahn-pgd":
-        if args.d < 1:
-            raise IclgdError(f"--d must be >= 1, got {args.d}")
-        if args.d_out != 1:
-            raise IclgdError("ahn-pgd is built for d_out = 1")
-        Q = -eta * torch.eye(args.d, dtype=torch.float64)
-        return C.ahn_preconditioned_gd(torch.zeros(args.d, args.d, dtype=torch.float64), Q,
-                                       layers=args.layers, n=args.n, dtype=dtype)  # fmt: skip
-    return C.dual_form_layer(args.d, n=args.n, d_out=args.d_out, seed=args.seed, dtype=dtype)
+    return build_construction(
+        args.name, d=args.d, n=args.n, d_out=args.d_out, eta=args.eta, gamma=args.gamma,
+        steps=args.steps, layers=args.layers, temperature=args.temperature,
+        mul_scale=args.mul_scale, seed=args.seed,
+        dtype=torch.float64 if args.dtype == "float64" else torch.float32,
+    )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,91 +1,76 @@
-"""`iclgd demo --out DIR`: the main job on the embedded default, end to end, resumable.
+"""`iclgd demo [--out runs/demo] [--quick] [--device ...]`: every section of the report on the
+embedded models and a real LM, then `report.md`, `report.html` and `summary.json`.
 
-Steps (each skipped when its results already exist, so a killed demo resumes): train the GINC
-model, sweep its checkpoints, compare ICL with finetuning (with the untrained control), order
-sensitivity, density of the last checkpoint, audit of von Oswald's construction, report.
+A thin composition of `iclgd.analyses.sections` (the same functions `iclgd analyse` runs),
+scheduled by `iclgd.analyses.demo_plan` on `--jobs` worker processes. Re-running resumes;
+a failed part is shown as failed in the report and makes the exit status 1, the others are kept.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
-import time
-from pathlib import Path
+import os
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `demo` subcommand."""
-    p = subparsers.add_parser("demo", help="train the embedded GINC model and run every test")
+    p = subparsers.add_parser("demo", help="every test on the toy models, GINC and a real LM; "
+                                           "one report with a verdict per claim")
     p.add_argument("--out", default="runs/demo", help="results folder (default runs/demo)")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="auto (default: CUDA when available), cpu, cuda")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dtype", default=None,
-                   help="dtype of the analyses' models (training stays float32): float32 "
+                   help="dtype of the analysed models (trainings stay float32): float32 "
                         "(default), bfloat16, float16")
     p.add_argument("--quick", action="store_true",
-                   help="tiny settings (seconds, for smoke tests; numbers are meaningless)")
+                   help="every section at reduced size (about 2 minutes; numbers are not "
+                        "meaningful, for smoke tests)")
+    p.add_argument("--lm", default="smollm2-135m",
+                   help="the real pretrained LM (default smollm2-135m; 'none' to skip)")
+    p.add_argument("--lm-tasks", default=None,
+                   help="comma-separated tasks for the LM (default: those of sentiment, "
+                        "capitals, plural, antonyms that are installed)")
+    p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
+                   help="worker processes (default: 2, or 1 on a 1-core machine)")
     p.set_defaults(func=run)
 
 
-def steps(
-    out: Path, device: str, seed: int, quick: bool, dtype: str | None = None
-) -> list[tuple[str, Path, list[str]]]:
-    """`(name, done_marker, argv)` for each step of the demo."""
-    ginc, s = out / "ginc", str(seed)
-    dt = [] if dtype is None else ["--dtype", dtype]
-    train = ["train", "ginc", "--out", str(ginc), "--seed", s, "--device", device]
-    sweep = ["sweep", str(ginc), "--out", str(out / "sweep"), "--device", device, "--seed", s,
-             *dt]
-    compare = ["compare", "--model", str(ginc), "--task", "ginc", "--control", "untrained",
-               "--out", str(out / "compare"), "--device", device, "--seed", s, *dt]
-    order = ["order", "--model", str(ginc), "--task", "ginc", "--out", str(out / "order"),
-             "--device", device, "--seed", s, *dt]
-    if quick:
-        train += ["--steps", "20", "--checkpoints", "3", "--layers", "1", "--d-model", "32",
-                  "--eval-prompts", "50"]
-        sweep += ["--n-prompts", "16", "--n-values", "0,2,8", "--score-seqs", "4",
-                  "--induction-seqs", "4"]
-        compare += ["--demos", "1,2", "--queries", "4", "--methods", "gd,kv"]
-        order += ["--demos", "4", "--perms", "3", "--epochs", "2", "--queries", "4"]
-    return [
-        ("train GINC model", ginc / "train_log.csv", train),
-        ("checkpoint sweep", out / "sweep" / "rows.csv", sweep),
-        ("ICL vs finetuning", out / "compare" / "compare.json", compare),
-        ("order sensitivity", out / "order" / "order.json", order),
-        ("weight density", out / "density" / "density.json",
-         ["density", str(ginc), "--out", str(out / "density"), *dt]),
-        ("construction audit", out / "audit" / "audit.json",
-         ["audit", "von-oswald-gd", "--out", str(out / "audit"), "--seed", s]),
-    ]
-
-
 def run(args: argparse.Namespace) -> int:
-    """Run every step not yet done, then write the report."""
+    """Run every task not yet done, then write the report; 1 when a part failed."""
+    from pathlib import Path
+
+    from iclgd.errors import IclgdError
     from iclgd.specs import check_output_folder
 
     check_output_folder(args.out)  # before the heavy imports
-    import contextlib
-    import io
-
+    if args.jobs < 1:
+        raise IclgdError(f"--jobs must be >= 1, got {args.jobs}")
+    from iclgd.analyses.demo_plan import DemoConfig, Scheduler, preload
     from iclgd.analyses.report import build_report
-    from iclgd.cli import main as cli_main
+    from iclgd.hooks import resolve_device
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    for name, marker, argv in steps(out, args.device, args.seed, args.quick, args.dtype):
-        if marker.exists() and name != "train GINC model":
-            print(f"[demo] {name}: done already ({marker})", file=sys.stderr)
-            continue
-        print(f"[demo] {name}: iclgd {' '.join(argv)}", file=sys.stderr)
-        t0 = time.perf_counter()
-        buf = io.StringIO()
-        with contextlib.redirect_stdout(buf):
-            code = cli_main(argv)
-        if code != 0:
-            print(f"iclgd demo: error: step '{name}' failed (exit {code}); fix it and re-run "
-                  "`iclgd demo` to resume", file=sys.stderr)
-            return code
-        print(f"[demo] {name}: {time.perf_counter() - t0:.0f} s", file=sys.stderr)
-    report = build_report(out)
-    print(f"report: {report}")
+    preload()
+    cfg = DemoConfig(
+        out=Path(args.out), quick=args.quick, device=str(resolve_device(args.device)),
+        seed=args.seed, lm=None if args.lm.lower() == "none" else args.lm,
+        lm_tasks=None if args.lm_tasks is None else tuple(
+            t.strip() for t in args.lm_tasks.split(",") if t.strip()),
+        jobs=args.jobs, dtype=args.dtype)
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    timing = Scheduler(cfg).run()
+    sections = {}
+    for key, cpu in timing["cpu_s"].items():
+        name = key.split("/")[0] if "/" in key and not key.startswith("finish/") else None
+        if name:
+            sections[name] = round(sections.get(name, 0.0) + cpu, 1)
+    timing.update({"jobs": cfg.jobs, "sections": sections, "cpu_s_total":
+                   round(sum(timing["cpu_s"].values()), 1), "quick": cfg.quick})
+    timing["cpu_s"], timing["tasks"] = timing["process_cpu_s"], timing.pop("cpu_s")
+    report = build_report(cfg.out, timing=timing)
+    failed = sorted(k for k, v in timing["status"].items() if v.startswith("failed"))
+    print(f"report: {report} (+ report.html, summary.json)")
+    if failed:
+        print(f"iclgd demo: {len(failed)} task(s) failed: {', '.join(failed[:6])}; see the "
+              "report, fix and re-run `iclgd demo` to resume", flush=True)
+        return 1
     return 0

@@ -120,3 +120,31 @@ def stable_rank(w: Tensor) -> float:
     if w.ndim == 3:
         return float(stable_ranks(w).mean())
     raise IclgdError(f"stable_rank takes a 2-D matrix or a 3-D per-head tensor, got {w.ndim}-D")
+
+
+def block_grid(w: Tensor, block: int = 32, levels: int = 16) -> dict[str, float]:
+    """How well `w` lies on a per-block affine quantisation grid (GGUF Q4_1 by default).
+
+    Q4_1 stores blocks of `block` consecutive weights along the last (input) axis as
+    `w = d·q + m` with `q ∈ {0, …, levels − 1}`, `m` = the block's minimum and `d` = (max −
+    min) / (levels − 1) (fp16 scale and minimum). For each block this takes `m` and `d` from the
+    block itself and measures `r = |(w − m)/d − round((w − m)/d)|`. Returns `median_step` (median
+    of `d` over blocks), `mean_residual` (mean of `r`: ≈ 0 on the grid up to the fp16 rounding of
+    `d` and `m`, ≈ 0.25 for weights off any grid) and `blocks`. A density threshold below about
+    `median_step / 2` measures the grid, not the model. Needs the last axis to be a multiple of
+    `block` (else `IclgdError`); blocks with `d = 0` are skipped.
+    """
+    if w.ndim < 1 or w.shape[-1] % block:
+        raise IclgdError(f"last axis {tuple(w.shape)[-1:]} is not a multiple of the block {block}")
+    x = w.detach().to(torch.float64).reshape(-1, block)
+    lo, hi = x.min(-1).values, x.max(-1).values
+    step = (hi - lo) / (levels - 1)
+    keep = step > 0
+    if not bool(keep.any()):
+        return {"median_step": 0.0, "mean_residual": 0.0, "blocks": 0}
+    q = (x[keep] - lo[keep, None]) / step[keep, None]
+    return {
+        "median_step": float(step[keep].median()),
+        "mean_residual": float((q - q.round()).abs().mean()),
+        "blocks": int(keep.sum()),
+    }
