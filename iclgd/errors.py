@@ -9,3 +9,10 @@ from __future__ import annotations
 
 class IclgdError(ValueError):
     """Bad input to iclgd: the message names what was wrong and what to do about it."""
+
+
+def first_line(err: BaseException) -> str:
+    """The first non-empty line of an exception's message (its type name when it has none):
+    what a one-line error report shows of an underlying library's exception."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

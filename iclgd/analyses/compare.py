@@ -57,53 +57,11 @@ from iclgd.analyses.runs import (
     run_icl,
     run_zero_shot,
 )
-from iclgd.analyses.scratch import ScratchModel
 from iclgd.errors import IclgdError
 from iclgd.probes import metrics
+from iclgd.probes.finetune_methods import METHODS as METHOD_SPECS
 
-METHODS = ("gd", "sgd", "adam", "kv", "layer-causal", "wv-layer")
-DEFAULT_LR = {
-    "gd": 1e-2,
-    "sgd": 1e-2,
-    "adam": 1e-3,
-    "kv": 1e-2,
-    "layer-causal": 1e-2,
-    "wv-layer": 1e-2,
-}
-SUMMARY_METRICS = (
-    "accuracy_zs",
-    "accuracy_icl",
-    "accuracy_ft",
-    "token_overlap",
-    "overlap_cosine",
-    "token_overlap_floor",
-    "overlap_cosine_floor",
-    "rec2ftp",
-    "simaou_norm",
-    "simaou_raw",
-    "simaou_random_norm",
-    "simaou_random_raw",
-    "simam_before",
-    "simam_after",
-    "simam_delta",
-    "kendall_tau",
-    "kendall_tau_random",
-    "topk_recall_tokens",
-    "topk_recall_tokens_random",
-    "kendall_tau_examples",
-    "kendall_tau_examples_random",
-    "topk_recall_examples",
-    "topk_recall_examples_random",
-    "kendall_tau_dual_form",
-    "n_f2t",
-    "simaou_norm_f2t",
-    "simaou_raw_f2t",
-    "simaou_random_norm_f2t",
-    "simaou_random_raw_f2t",
-    "simam_before_f2t",
-    "simam_after_f2t",
-    "simam_delta_f2t",
-)
+DEFAULT_LR = {m: spec.lr for m, spec in METHOD_SPECS.items()}  # untuned, per method
 
 
 def check_methods(methods: Sequence[str]) -> list[str]:
@@ -292,7 +250,6 @@ def compare_model(
     wv_layer = n_layers // 2 if wv_layer is None else wv_layer
     gen = torch.Generator().manual_seed(seed)
     dai_gen = torch.Generator().manual_seed(seed + (1 << 32))  # compare_dai's random baselines
-    scratch = ScratchModel(model)
     rows: list[dict[str, Any]] = []
 
     def add(n: int, method: str, metric: str, value: Any, layer: int | None = None) -> None:
@@ -332,7 +289,7 @@ def compare_model(
                 model, prompts, method, lr=lr[method], epochs=epochs, seed=seed, layer=wv_layer
             )
             shared = deltas[0] if len(deltas) == 1 and not prompts.per_query_demos else deltas
-            ft = run_finetuned(model, prompts, shared, scratch=scratch, kendall=True)
+            ft = run_finetuned(model, prompts, shared, kendall=True)
             check_finite(ft, f"{method} finetuning (lr={lr[method]}, N={n})")
             for metric, value in output_metrics(zs, icl, ft, top_k=top_k).items():
                 add(n, method, metric, value)

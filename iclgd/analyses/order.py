@@ -27,7 +27,6 @@ import torch
 from torch import Tensor
 
 from iclgd.analyses.runs import PromptSet, run_finetuned, run_icl
-from iclgd.analyses.scratch import ScratchModel
 from iclgd.data.tasks import TokenizedDemos
 from iclgd.errors import IclgdError
 from iclgd.probes.metrics import order_sensitivity
@@ -95,13 +94,12 @@ def ft_distributions(
     epochs: int,
     seed: int = 0,
     layer: int | None = None,
-    scratch: ScratchModel | None = None,
 ) -> Tensor:
     """Next-token distributions `[P, batch, d_vocab]` of the model finetuned (`method`, `epochs`)
     on the demonstrations in each ordering, run zero-shot on the queries. All orderings (and
     queries, for per-query demonstrations) are trained in one `finetune_batched` call."""
     return ft_distributions_by_epoch(model, prompts, orders, method, lr=lr, epochs=[epochs],
-                                     seed=seed, layer=layer, scratch=scratch)[epochs]
+                                     seed=seed, layer=layer)[epochs]
 
 
 def ft_distributions_by_epoch(
@@ -114,14 +112,12 @@ def ft_distributions_by_epoch(
     epochs: Sequence[int],
     seed: int = 0,
     layer: int | None = None,
-    scratch: ScratchModel | None = None,
 ) -> dict[int, Tensor]:
     """`ft_distributions` after each epoch count in `epochs`, `{e: [P, batch, d_vocab]}`, from
     one finetuning run of `max(epochs)` epochs (`finetune_batched_epochs`: each snapshot equals
     a separate run of that length; only one snapshot's deltas are held at a time)."""
     from iclgd.probes.finetune import WeightDelta, finetune_batched_epochs
 
-    scratch = scratch or ScratchModel(model)
     n = len(prompts)
     out: dict[int, Tensor] = {}
 
@@ -129,7 +125,7 @@ def ft_distributions_by_epoch(
         dists = []
         for p in range(len(orders)):
             d = deltas[p * n : (p + 1) * n] if prompts.per_query_demos else deltas[p]
-            dists.append(run_finetuned(model, prompts, d, scratch=scratch).probs)
+            dists.append(run_finetuned(model, prompts, d).probs)
         out[e] = torch.stack(dists)
 
     finetune_batched_epochs(
@@ -171,7 +167,6 @@ def order_experiment(
     "" and epoch 0)."""
     orders = orderings(prompts.icl.n_demos, n_perms, seed=seed)
     wv_layer = int(model.cfg.n_layers) // 2 if wv_layer is None else wv_layer
-    scratch = ScratchModel(model)
     base = {"model": label, "n_demos": prompts.icl.n_demos, "n_perms": n_perms}
     mean, se = _summary(icl_distributions(model, prompts, orders))
     rows = [
@@ -181,7 +176,7 @@ def order_experiment(
     for method in methods:
         by_epoch = ft_distributions_by_epoch(
             model, prompts, orders, method, lr=lr[method], epochs=grid, seed=seed,
-            layer=wv_layer, scratch=scratch,
+            layer=wv_layer,
         )
         for e in grid:
             mean, se = _summary(by_epoch[e])

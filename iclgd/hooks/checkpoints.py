@@ -1,7 +1,8 @@
 """Checkpoint series: a folder whose subfolders (`step0/`, `step10/`, ...) are HF checkpoints.
 
-`list_checkpoints` sorts them by step number (numeric, not lexical); `iter_checkpoints` builds the
-TransformerBridge skeleton once and loads each checkpoint's weights into it in place.
+`iclgd.specs.list_checkpoints` sorts them by step number (numeric, not lexical);
+`iter_checkpoints` builds the TransformerBridge skeleton once and loads each checkpoint's weights
+into it in place.
 """
 
 from __future__ import annotations
@@ -12,53 +13,16 @@ from typing import Any
 
 import torch
 
-from iclgd.errors import IclgdError
-from iclgd.hooks.loading import CHECKPOINT_RE, check_finite, load_model
+from iclgd.errors import IclgdError, first_line
+from iclgd.hooks.edit import refresh_split_weights
+from iclgd.hooks.loading import check_finite, load_model
 from iclgd.results import read_json
+from iclgd.specs import every_kth, list_checkpoints
 
 _IGNORED_CONFIG_KEYS = {
     "_name_or_path", "transformers_version", "torch_dtype", "dtype", "architectures",
     "use_cache", "_attn_implementation_autoset", "output_attentions",
 }
-
-
-def list_checkpoints(folder: str | Path) -> list[tuple[str, int, Path]]:
-    """`(label, step, path)` for every `step{N}/` (or `checkpoint-{N}/`) subfolder, by step."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise IclgdError(f"checkpoint folder {folder} does not exist")
-    found = []
-    for sub in folder.iterdir():
-        m = CHECKPOINT_RE.match(sub.name)
-        if m and sub.is_dir():
-            found.append((sub.name, int(m.group(1)), sub))
-    if not found:
-        raise IclgdError(
-            f"{folder} holds no checkpoints: expected subfolders named step{{N}}/ "
-            "(e.g. step0/, step100/), each a Hugging Face model folder"
-        )
-    return sorted(found, key=lambda t: t[1])
-
-
-def select_checkpoint(
-    checkpoints: list[tuple[str, int, Path]], which: str | int | None, folder: Path | str = ""
-) -> tuple[str, int, Path]:
-    """Pick one checkpoint by label (`"step100"`), step number, or index (None = last)."""
-    if which is None:
-        return checkpoints[-1]
-    labels = [c[0] for c in checkpoints]
-    text = str(which)
-    for c in checkpoints:
-        if c[0] == text:
-            return c
-    if text.lstrip("-").isdigit():
-        idx = int(text)
-        if -len(checkpoints) <= idx < len(checkpoints):
-            return checkpoints[idx]
-    raise IclgdError(
-        f"unknown checkpoint {which!r} in {folder}: available are {', '.join(labels)} "
-        f"(or an index from {-len(labels)} to {len(labels) - 1})"
-    )
 
 
 def arch_signature(folder: str | Path) -> dict[str, Any]:
@@ -81,21 +45,8 @@ def read_hf_weights(folder: str | Path) -> dict[str, torch.Tensor]:
     try:
         hf = AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager")
     except Exception as err:  # corrupt file, missing weights, unknown architecture
-        text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise IclgdError(f"cannot read the weights in {folder}: {text}") from err
+        raise IclgdError(f"cannot read the weights in {folder}: {first_line(err)}") from err
     return dict(hf.state_dict())
-
-
-def refresh_split_weights(model: Any) -> None:
-    """Re-derive the bridge's split copies of fused QKV weights from the HF tensors.
-
-    TransformerLens' bridge forwards GPT-NeoX-style fused `query_key_value` through q/k/v copies
-    made when it wraps the model; call this after writing new values into the HF tensors (a
-    loaded checkpoint, a finetuning delta) so `model(tokens)` sees them.
-    """
-    for module in model.modules():
-        if hasattr(module, "split_qkv_matrix") and getattr(module, "original_component", None):
-            module.set_original_component(module.original_component)
 
 
 def load_weights_into(model: Any, folder: Path, reference: dict[str, Any] | None = None) -> None:
@@ -140,9 +91,7 @@ def iter_checkpoints(
     `every=k` keeps every k-th checkpoint (the last one always). A checkpoint that fails to load
     raises `IclgdError`, or, when `on_error` is given, is reported to it and skipped.
     """
-    ckpts = list_checkpoints(folder)
-    if every > 1:
-        ckpts = [c for i, c in enumerate(ckpts) if i % every == 0 or i == len(ckpts) - 1]
+    ckpts = every_kth(list_checkpoints(folder), every)
     model = None
     reference = None
     for label, step, path in ckpts:

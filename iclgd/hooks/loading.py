@@ -19,14 +19,21 @@ from typing import Any
 
 import torch
 
-from iclgd.errors import IclgdError
+from iclgd.errors import IclgdError, first_line
 from iclgd.hooks.named_models import (
     converted_folder,
     is_named_model,
     named_model_provenance,
 )
 from iclgd.results import read_json
-from iclgd.specs import CHECKPOINT_RE, check_model_folder, is_checkpoint_series, looks_like_path
+from iclgd.specs import (
+    CHECKPOINT_RE,
+    check_model_folder,
+    is_checkpoint_series,
+    list_checkpoints,
+    looks_like_path,
+    select_checkpoint,
+)
 
 _DTYPES = {
     "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
@@ -112,8 +119,6 @@ def load_model(
 
 
 def _load_local(path: Path, dev: torch.device, dt: torch.dtype, checkpoint: str | int | None):
-    from iclgd.hooks.checkpoints import list_checkpoints, select_checkpoint
-
     check_model_folder(path)
     if is_checkpoint_series(path):
         label, _step, folder = select_checkpoint(list_checkpoints(path), checkpoint, path)
@@ -154,7 +159,7 @@ def _boot_folder(folder: Path, dev: torch.device, dt: torch.dtype, label: str | 
                 str(folder), device=str(dev), dtype=dt, tokenizer=tokenizer
             )
         except Exception as err:  # corrupt weights, unsupported architecture, bad config
-            raise IclgdError(f"cannot load the model in {folder}: {_first_line(err)}") from err
+            raise IclgdError(f"cannot load the model in {folder}: {first_line(err)}") from err
     check_finite(bridge, str(folder))
     return _finish(bridge, str(folder), label)
 
@@ -205,7 +210,7 @@ def _load_hub(name: str, dev: torch.device, dt: torch.dtype, checkpoint: str | i
         bridge = TransformerBridge.boot_transformers(name, device=str(dev), dtype=dt, **kwargs)
     except Exception as err:  # network, missing revision, unsupported architecture, ...
         raise IclgdError(
-            f"cannot load model {name!r}: {_first_line(err)} (unknown model? pass a local "
+            f"cannot load model {name!r}: {first_line(err)} (unknown model? pass a local "
             "folder, or make the weights available in the local Hugging Face cache)"
         ) from err
     check_finite(bridge, name)
@@ -271,8 +276,3 @@ def id_tokenizer(vocab_size: int) -> Iterator[Any]:
     with tempfile.TemporaryDirectory(prefix="iclgd-id-tokenizer-") as folder:
         fast.save_pretrained(folder)
         yield AutoTokenizer.from_pretrained(folder)
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__

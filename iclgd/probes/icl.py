@@ -23,7 +23,8 @@ from jaxtyping import Int
 from torch import Tensor
 
 from iclgd.errors import IclgdError
-from iclgd.hooks import capture
+from iclgd.hooks.capture import capture
+from iclgd.hooks.names import act_name
 
 
 @dataclass(frozen=True, eq=False)
@@ -96,7 +97,7 @@ def binomial_se(p: float, count: int) -> float:
 
 
 def _last_hook(model: Any) -> str:
-    return f"blocks.{int(model.cfg.n_layers) - 1}.hook_resid_post"
+    return act_name("resid_post", int(model.cfg.n_layers) - 1)
 
 
 def predictions_at(

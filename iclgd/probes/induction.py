@@ -37,7 +37,9 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from iclgd.errors import IclgdError
-from iclgd.hooks import attention_weights, capture
+from iclgd.hooks.capture import capture
+from iclgd.hooks.names import act_names
+from iclgd.hooks.weights import attention_weights
 
 
 @dataclass(frozen=True)
@@ -161,7 +163,7 @@ def induction_scores(
     if 2 * seq_len > n_ctx:
         raise IclgdError(f"2 * seq_len = {2 * seq_len} exceeds the model's context n_ctx={n_ctx}: pass a smaller seq_len")
     tokens = repeated_random_tokens(n_seqs, seq_len, d_vocab, seed)
-    names = [f"blocks.{layer}.attn.hook_pattern" for layer in range(n_layers)]
+    names = act_names("pattern", n_layers)
     sums = torch.zeros(n_layers, int(model.cfg.n_heads), dtype=torch.float64)
     for lo in range(0, n_seqs, batch_size):
         rows = tokens[lo: lo + batch_size]
