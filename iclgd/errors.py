@@ -8,7 +8,15 @@ from __future__ import annotations
 
 
 class IclgdError(ValueError):
-    """Bad input to iclgd: the message names what was wrong and what to do about it."""
+    """Bad input to iclgd: the message names what was wrong and what to do about it.
+
+    Example:
+        >>> try:
+        ...     act_name("no_such_hook", 0)
+        ... except IclgdError as err:
+        ...     print(str(err).split(":")[0])
+        unknown hook name 'no_such_hook'
+    """
 
 
 def first_line(err: BaseException) -> str:

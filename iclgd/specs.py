@@ -38,10 +38,17 @@ def is_checkpoint_series(path: Path) -> bool:
 
 
 def list_checkpoints(folder: str | Path) -> list[Checkpoint]:
-    """`(label, step, path)` for every `step{N}/` (or `checkpoint-{N}/`) subfolder, by step.
+    """`(label, step, path)` for every `step{N}/` (or `checkpoint-{N}/`) subfolder, by step
+    (numeric order, not lexical).
 
-    Example: a folder holding `step0/`, `step10/`, `step2/` lists them as step 0, 2, 10 (numeric
-    order, not lexical)."""
+    Example:
+        >>> import pathlib, tempfile
+        >>> root = pathlib.Path(tempfile.mkdtemp())
+        >>> for step in (0, 10, 2):
+        ...     (root / f"step{step}").mkdir()
+        >>> [(label, step) for label, step, _ in list_checkpoints(root)]
+        [('step0', 0), ('step2', 2), ('step10', 10)]
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise IclgdError(f"checkpoint folder {folder} does not exist")

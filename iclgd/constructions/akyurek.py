@@ -108,6 +108,14 @@ def akyurek_sgd_step(
 
     `2 * steps + 1` blocks; approximate through `mul` (error shrinks ~ 1 / mul_scale^2).
     `w0 [1, d]` (or `[d]`) is the initial weight vector (default 0).
+
+    Example:
+        >>> c = akyurek_sgd_step(2, n=3, alpha=0.1)
+        >>> g = torch.Generator().manual_seed(0)
+        >>> X, Y = torch.rand(2, 3, 2, generator=g).double() - 0.5, torch.rand(2, 3, 1, generator=g).double()
+        >>> xq = torch.rand(2, 2, generator=g).double() - 0.5
+        >>> float((c.predict(X, Y, xq) - c.reference(X, Y, xq)).abs().max()) < 1e-6  # mul is approximate
+        True
     """
     _check_dims(d, n, 1)
     alpha = _check_eta("alpha", alpha)

@@ -115,6 +115,14 @@ def von_oswald_gd(
     """`steps` shared linear self-attention layers = `steps` GD steps from `w0 [d_out, d]` (default 0).
 
     Reference: `gd_predict(X, Y, x_query, eta=eta, steps=steps, w0=w0)` (half-MSE loss).
+
+    Example:
+        >>> c = von_oswald_gd(2, n=4, eta=0.1)
+        >>> g = torch.Generator().manual_seed(0)
+        >>> X, Y = torch.randn(3, 4, 2, generator=g).double(), torch.randn(3, 4, 1, generator=g).double()
+        >>> xq = torch.randn(3, 2, generator=g).double()
+        >>> float((c.predict(X, Y, xq) - c.reference(X, Y, xq)).abs().max()) < 1e-12
+        True
     """
     _check_dims(d, n, d_out)
     eta = _check_eta("eta", eta)
@@ -156,6 +164,14 @@ def von_oswald_gdpp(
 
     Each layer takes a GD step on the y-slots and preconditions every input
     `x_j <- (I - gamma_l sum_i x_i x_i^T) x_j`. Reference: `gdpp_predict` (W_0 = 0, half MSE).
+
+    Example:
+        >>> c = von_oswald_gdpp(2, n=4, eta=0.1, gamma=0.01, layers=2)
+        >>> g = torch.Generator().manual_seed(0)
+        >>> X, Y = torch.randn(3, 4, 2, generator=g).double(), torch.randn(3, 4, 1, generator=g).double()
+        >>> xq = torch.randn(3, 2, generator=g).double()
+        >>> float((c.predict(X, Y, xq) - c.reference(X, Y, xq)).abs().max()) < 1e-12
+        True
     """
     _check_dims(d, n, d_out)
     if isinstance(layers, bool) or not isinstance(layers, int) or layers < 1:

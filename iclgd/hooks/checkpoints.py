@@ -90,6 +90,16 @@ def iter_checkpoints(
     it in place (the same object is yielded each time: read what you need before advancing).
     `every=k` keeps every k-th checkpoint (the last one always). A checkpoint that fails to load
     raises `IclgdError`, or, when `on_error` is given, is reported to it and skipped.
+
+    Example:
+        >>> import pathlib, tempfile
+        >>> from transformers import GPT2Config, GPT2LMHeadModel
+        >>> root = pathlib.Path(tempfile.mkdtemp())
+        >>> for step in (0, 5):
+        ...     cfg = GPT2Config(n_layer=1, n_head=2, n_embd=16, vocab_size=50)
+        ...     GPT2LMHeadModel(cfg).save_pretrained(root / f"step{step}")
+        >>> [(label, step, m.cfg.n_layers) for label, step, m in iter_checkpoints(root, device="cpu")]
+        [('step0', 0, 1), ('step5', 5, 1)]
     """
     ckpts = every_kth(list_checkpoints(folder), every)
     model = None

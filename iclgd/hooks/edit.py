@@ -82,7 +82,7 @@ def finetuned(model: M, delta: Delta | None) -> Iterator[M]:
     weight views you keep). A non-finite update raises `IclgdError` before anything is written.
 
     Example:
-        >>> delta = finetune(model, demos, method="kv", lr=1e-2)
+        >>> delta = finetune(model, demos_from_token_examples(tokens), method="kv", lr=1e-2)
         >>> with finetuned(model, delta) as ft:
         ...     acts = capture(ft, tokens, act_name("attn_out", 0), positions=-1)
         >>> tuple(acts["blocks.0.hook_attn_out"].shape)

@@ -49,6 +49,11 @@ def model_provenance(model: Any) -> dict[str, Any]:
     (iclgd never processes weights: "raw"), `dtype`, and, for named models shipped as quantised
     files, `weights` (source package and version, file, sha256, quantisation and its
     dequantisation).
+
+    Example:
+        >>> prov = model_provenance(model)
+        >>> prov["model"], prov["weight_processing"], prov["dtype"]
+        ('in-memory GPT2LMHeadModel', 'raw', 'float32')
     """
     cfg = model.cfg
     out: dict[str, Any] = {

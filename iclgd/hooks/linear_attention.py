@@ -62,6 +62,11 @@ class LinearAttentionConfig:
     used by every layer (a recurrent model, von Oswald's "shared" LSA). `init_scale`: weights are
     drawn N(0, init_scale / fan_in) (von Oswald's VarianceScaling(0.002 / L), normal rather than
     truncated normal). `n_ctx` is the longest accepted sequence.
+
+    Example:
+        >>> cfg = LinearAttentionConfig(d_model=3, n_layers=2, shared_weights=True)
+        >>> cfg.d_head, cfg.attention
+        (3, 'linear')
     """
 
     d_model: int
@@ -252,6 +257,12 @@ class LinearAttentionTransformer(HookedRootModule):
     `W_V` `[n_layers, n_heads, d_model, d_head]`, `W_O [n_layers, n_heads, d_head, d_model]`.
     With `shared_weights` every block holds the same parameter objects. `seed` fixes the init.
     `takes_float_inputs` tells `iclgd.hooks.capture` to pass float token vectors, not token ids.
+
+    Example:
+        >>> lsa = LinearAttentionTransformer(LinearAttentionConfig(d_model=3, n_layers=1))
+        >>> acts = capture(lsa, torch.randn(2, 5, 3), act_name("attn_out", 0))
+        >>> tuple(acts["blocks.0.hook_attn_out"].shape), tuple(attention_weights(lsa, 0).W_Q.shape)
+        ((2, 5, 3), (1, 3, 3))
     """
 
     takes_float_inputs = True

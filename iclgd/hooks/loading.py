@@ -92,6 +92,13 @@ def load_model(
         The bridge, with `cfg.iclgd_source`, `cfg.iclgd_checkpoint`, `cfg.iclgd_processing` and
         (named models) `cfg.iclgd_weights` (source file, sha256, quantisation) recorded for
         provenance; `iclgd.hooks.model_provenance(model)` collects them.
+
+    Example:
+        >>> from transformers import GPT2Config, GPT2LMHeadModel
+        >>> hf = GPT2LMHeadModel(GPT2Config(n_layer=2, n_head=4, n_embd=64, vocab_size=100))
+        >>> bridge = load_model(hf, device="cpu")
+        >>> bridge.cfg.n_layers, bridge.cfg.d_model, bridge.cfg.iclgd_processing
+        (2, 64, 'raw')
     """
     from transformer_lens.config import TransformerBridgeConfig
     from transformer_lens.model_bridge import TransformerBridge

@@ -57,7 +57,15 @@ _BETAS, _EPS = (0.9, 0.999), 1e-8
 class WeightDelta:
     """A finetuning update: `deltas = {hf_param_name: W_after − W_before}` over the trained
     parameters, the settings that produced it, and `losses` (one per step, measured before that
-    step's update; for `layer-causal` the sum over layers)."""
+    step's update; for `layer-causal` the sum over layers).
+
+    Example:
+        >>> delta = finetune(model, demos_from_token_examples(tokens), method="wv-layer", layer=1)
+        >>> sorted(delta.deltas)  # GPT-2's fused c_attn: only its W_V columns change
+        ['transformer.h.1.attn.c_attn.bias', 'transformer.h.1.attn.c_attn.weight']
+        >>> delta.metadata()["method"], delta.metadata()["layer"]
+        ('wv-layer', 1)
+    """
 
     deltas: dict[str, Tensor]
     method: str
