@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -18,6 +18,9 @@ from iclgd.hooks.edit import refresh_split_weights
 from iclgd.hooks.loading import check_finite, load_model
 from iclgd.results import read_json
 from iclgd.specs import every_kth, list_checkpoints
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
 
 _IGNORED_CONFIG_KEYS = {
     "_name_or_path", "transformers_version", "torch_dtype", "dtype", "architectures",
@@ -49,7 +52,9 @@ def read_hf_weights(folder: str | Path) -> dict[str, torch.Tensor]:
     return dict(hf.state_dict())
 
 
-def load_weights_into(model: Any, folder: Path, reference: dict[str, Any] | None = None) -> None:
+def load_weights_into(
+    model: TransformerBridge, folder: Path, reference: dict[str, Any] | None = None
+) -> None:
     """Load checkpoint `folder`'s raw HF weights into an existing bridge, in place.
 
     Checks that the architecture matches `reference` (a config signature) and that every
@@ -83,7 +88,7 @@ def iter_checkpoints(
     dtype: str | torch.dtype | None = None,
     every: int = 1,
     on_error: Callable[[str, int, Exception], None] | None = None,
-) -> Iterator[tuple[str, int, Any]]:
+) -> Iterator[tuple[str, int, TransformerBridge]]:
     """Yield `(label, step, model)` for each checkpoint in step order, reusing one bridge.
 
     The bridge is built from the first checkpoint; later checkpoints' weights are loaded into

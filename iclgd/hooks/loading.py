@@ -15,7 +15,7 @@ import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -34,6 +34,12 @@ from iclgd.specs import (
     looks_like_path,
     select_checkpoint,
 )
+
+if TYPE_CHECKING:
+    from transformer_lens.config import TransformerBridgeConfig
+    from transformer_lens.model_bridge import TransformerBridge
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
 
 _DTYPES = {
     "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
@@ -67,12 +73,12 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
 
 
 def load_model(
-    spec: str | os.PathLike | Mapping[str, Any] | Any,
+    spec: str | os.PathLike[str] | PreTrainedModel | TransformerBridgeConfig | Mapping[str, Any],
     *,
     device: str | torch.device | None = "auto",
     dtype: str | torch.dtype | None = None,
     checkpoint: str | int | None = None,
-) -> Any:
+) -> TransformerBridge:
     """Load a model as a TransformerLens `TransformerBridge` in eval mode, raw weights.
 
     Args:
@@ -101,16 +107,18 @@ def load_model(
         (2, 64, 'raw')
     """
     from transformer_lens.config import TransformerBridgeConfig
-    from transformer_lens.model_bridge import TransformerBridge
+    from transformer_lens.model_bridge.sources import boot_native
+    from transformers import PreTrainedModel
 
     dev = resolve_device(device)
     dt = resolve_dtype(dtype)
     if isinstance(spec, TransformerBridgeConfig | Mapping):
         if checkpoint is not None:
             raise IclgdError("checkpoint= is not supported for native (config-built) models")
-        bridge = TransformerBridge.boot_native(spec, device=str(dev), dtype=dt)
+        config = spec if isinstance(spec, TransformerBridgeConfig) else dict(spec)
+        bridge = boot_native(config, device=str(dev), dtype=dt)
         return _finish(bridge, "native", None)
-    if isinstance(spec, torch.nn.Module) and hasattr(spec, "config"):
+    if isinstance(spec, PreTrainedModel):
         return _boot_module(spec, dev, dt)
     if not isinstance(spec, str | os.PathLike):
         raise IclgdError(
@@ -125,7 +133,9 @@ def load_model(
     return _load_hub(str(spec), dev, dt, checkpoint)
 
 
-def _load_local(path: Path, dev: torch.device, dt: torch.dtype, checkpoint: str | int | None):
+def _load_local(
+    path: Path, dev: torch.device, dt: torch.dtype, checkpoint: str | int | None
+) -> TransformerBridge:
     check_model_folder(path)
     if is_checkpoint_series(path):
         label, _step, folder = select_checkpoint(list_checkpoints(path), checkpoint, path)
@@ -138,7 +148,9 @@ def _load_local(path: Path, dev: torch.device, dt: torch.dtype, checkpoint: str 
     return _boot_folder(path, dev, dt, None)
 
 
-def _load_named(name: str, dev: torch.device, dt: torch.dtype, checkpoint: str | int | None):
+def _load_named(
+    name: str, dev: torch.device, dt: torch.dtype, checkpoint: str | int | None
+) -> TransformerBridge:
     if checkpoint is not None:
         raise IclgdError(f"{name} is a single model, not a checkpoint series: drop --checkpoint")
     folder = converted_folder(name)
@@ -155,7 +167,9 @@ def _quiet_transformers() -> None:
     hf_logging.set_verbosity_error()
 
 
-def _boot_folder(folder: Path, dev: torch.device, dt: torch.dtype, label: str | None):
+def _boot_folder(
+    folder: Path, dev: torch.device, dt: torch.dtype, label: str | None
+) -> TransformerBridge:
     from transformer_lens.model_bridge import TransformerBridge
 
     _quiet_transformers()
@@ -171,7 +185,7 @@ def _boot_folder(folder: Path, dev: torch.device, dt: torch.dtype, label: str | 
     return _finish(bridge, str(folder), label)
 
 
-def _boot_module(hf_model: torch.nn.Module, dev: torch.device, dt: torch.dtype):
+def _boot_module(hf_model: PreTrainedModel, dev: torch.device, dt: torch.dtype) -> TransformerBridge:
     """Wrap an in-memory HF model (e.g. built with `from_config`) without saving it."""
     from transformer_lens.model_bridge import TransformerBridge
 
@@ -180,16 +194,19 @@ def _boot_module(hf_model: torch.nn.Module, dev: torch.device, dt: torch.dtype):
     name = getattr(cfg, "_name_or_path", "") or type(hf_model).__name__
     vocab = int(getattr(cfg, "vocab_size", 0) or 1)
     hf_model.config._attn_implementation = "eager"
+    torch.nn.Module.to(hf_model, device=dev, dtype=dt)  # in place (transformers' `to` wrapper is untyped)
     with id_tokenizer(vocab) as tokenizer:
         bridge = TransformerBridge.boot_transformers(
-            name, hf_model=hf_model.to(device=dev, dtype=dt), device=str(dev), dtype=dt,
+            name, hf_model=hf_model, device=str(dev), dtype=dt,
             tokenizer=tokenizer,
         )
     check_finite(bridge, name)
     return _finish(bridge, f"in-memory {type(hf_model).__name__}", None)
 
 
-def _load_hub(name: str, dev: torch.device, dt: torch.dtype, checkpoint: str | int | None):
+def _load_hub(
+    name: str, dev: torch.device, dt: torch.dtype, checkpoint: str | int | None
+) -> TransformerBridge:
     from transformer_lens.model_bridge import TransformerBridge
 
     if looks_like_path(name):
@@ -234,7 +251,7 @@ def _in_local_cache(name: str) -> bool:
         return False
 
 
-def _finish(bridge: Any, source: str, label: str | None) -> Any:
+def _finish(bridge: TransformerBridge, source: str, label: str | None) -> TransformerBridge:
     bridge.eval()
     bridge.cfg.iclgd_source = source
     bridge.cfg.iclgd_checkpoint = label
@@ -242,7 +259,7 @@ def _finish(bridge: Any, source: str, label: str | None) -> Any:
     return bridge
 
 
-def check_finite(model: Any, where: str) -> None:
+def check_finite(model: torch.nn.Module, where: str) -> None:
     """Raise `IclgdError` naming the first parameter holding NaN or inf."""
     hf = getattr(model, "original_model", model)
     for name, p in hf.named_parameters():
@@ -261,7 +278,7 @@ def _vocab_size(folder: Path) -> int:
 
 
 @contextmanager
-def id_tokenizer(vocab_size: int) -> Iterator[Any]:
+def id_tokenizer(vocab_size: int) -> Iterator[PreTrainedTokenizerBase]:
     """A tokenizer for models saved without one, as a context: token `i` is the string `<i>`.
 
     Text like `"<3> <17> <5>"` encodes to `[3, 17, 5]`; models are usually fed token ids

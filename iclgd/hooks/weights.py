@@ -16,6 +16,7 @@ attention_weights(m, l).W_K`).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Protocol, runtime_checkable
 
 from einops import rearrange
 from torch import Tensor, nn
@@ -105,6 +106,15 @@ def hf_module(model: nn.Module) -> nn.Module:
     return plain.eval()
 
 
+@runtime_checkable
+class OwnWeightViews(Protocol):
+    """A model that provides its own raw weight views (iclgd's `LinearAttentionTransformer`)."""
+
+    def attention_weights(self, layer: int) -> AttentionWeights: ...
+
+    def mlp_weights(self, layer: int) -> MLPWeights: ...
+
+
 def _state_dict(model: nn.Module, params: Mapping[str, Tensor] | None) -> Mapping[str, Tensor]:
     if params is not None:
         return params
@@ -147,7 +157,7 @@ def attention_weights(
         >>> tuple(w.W_K.shape)  # [n_heads, d_model, d_head]
         (4, 64, 16)
     """
-    if hasattr(model, "attention_weights") and params is None:
+    if isinstance(model, OwnWeightViews) and params is None:
         return model.attention_weights(layer)  # iclgd's own modules
     sd = _state_dict(model, params)
     lay = layer_layout(model, sd)
@@ -180,7 +190,7 @@ def mlp_weights(
         >>> tuple(mlp_weights(model, 0).W_in.shape)  # [d_model, d_mlp]
         (64, 256)
     """
-    if hasattr(model, "mlp_weights") and params is None:
+    if isinstance(model, OwnWeightViews) and params is None:
         return model.mlp_weights(layer)
     sd = _state_dict(model, params)
     mp = mlp_params(sd.keys(), layer_layout(model, sd), layer)

@@ -293,7 +293,7 @@ def _update(
     `θ ← θ − lr · (m / (1 − β1^t)) / (√(v / (1 − β2^t)) + ε)`.
     """
     names = list(grads)
-    g = [grads[n] if masks[n] is None else grads[n] * masks[n] for n in names]
+    g = [grads[n] if (mask := masks[n]) is None else grads[n] * mask for n in names]
     norms = torch.stack(torch._foreach_norm(g))  # one pass: NaN/inf anywhere → non-finite norm
     if not torch.isfinite(norms).all():
         bad = names[int((~torch.isfinite(norms)).nonzero()[0])]

@@ -27,6 +27,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -75,6 +76,7 @@ def trainable_parameters(
     if spec.params == "all":
         return dict.fromkeys(names)
     lay = layer_layout(hf)
+    parts: tuple[str, ...]
     if spec.params == "v-layer":
         if layer is None:
             raise IclgdError("method wv-layer needs layer=: the layer whose W_V is trained")
@@ -121,9 +123,19 @@ def masked_ce(logits: Tensor, tokens: Tensor, target: Tensor) -> Tensor:
     return (ce * m).sum() / m.sum()
 
 
-def _decoder_layers(hf: nn.Module) -> nn.Module:
-    prefix = layer_layout(hf).layer_prefix.rstrip(".")
-    return hf.get_submodule(prefix)
+def _decoder_layers(hf: nn.Module) -> nn.ModuleList:
+    layers = hf.get_submodule(layer_layout(hf).layer_prefix.rstrip("."))
+    if not isinstance(layers, nn.ModuleList):
+        raise IclgdError(f"the decoder layers of {type(hf).__name__} are not a ModuleList")
+    return layers
+
+
+def _output_embeddings(hf: nn.Module) -> nn.Module:
+    get = getattr(hf, "get_output_embeddings", None)
+    unembed = get() if callable(get) else None
+    if not isinstance(unembed, nn.Module):
+        raise IclgdError(f"{type(hf).__name__} has no output embedding (unembedding) module")
+    return unembed
 
 
 @contextmanager
@@ -132,17 +144,18 @@ def layer_causal_hooks(hf: nn.Module) -> Iterator[list[Tensor]]:
     each layer's output is read out through the final norm + unembedding. Yields the list the
     per-layer logits are appended to (cleared by the caller before each forward)."""
     layers = _decoder_layers(hf)
-    norm, unembed = final_norm(hf), hf.get_output_embeddings()
+    norm, unembed = final_norm(hf), _output_embeddings(hf)
     collected: list[Tensor] = []
 
-    def pre(_mod, args, kwargs):
+    def pre(_mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
+            ) -> tuple[tuple[Any, ...], dict[str, Any]]:
         if args:
             return (args[0].detach(), *args[1:]), kwargs
         kwargs = dict(kwargs)
         kwargs["hidden_states"] = kwargs["hidden_states"].detach()
         return args, kwargs
 
-    def post(_mod, _args, output):
+    def post(_mod: nn.Module, _args: tuple[Any, ...], output: Any) -> None:
         h = output[0] if isinstance(output, tuple) else output
         collected.append(unembed(norm(h)))
 
