@@ -3,7 +3,7 @@
 Measures, in one run, steps/s of: the fast training path (associative linear attention, query-only
 last layer) with 1 and 2 torch threads, and the plain hooked forward with 1 and 2 threads. Prints
 a Markdown table with ratios and the time a 5000-step run would take; von Oswald et al.'s JAX code
-took 92 s for 5000 steps on a 2-core CPU (REFERENCE §9; quoted, not re-measured here).
+took 92 s for 5000 steps on a 2-core CPU (as reported with their code; quoted, not re-measured here).
 
 Usage: python bench/bench_reproduce.py [--steps 200] [--batch 2048]
 """

@@ -66,14 +66,12 @@ DEFAULT_LR = {m: spec.lr for m, spec in METHOD_SPECS.items()}  # untuned, per me
 
 def check_methods(methods: Sequence[str]) -> list[str]:
     """The methods, validated against `iclgd.probes.finetune_methods.METHODS`."""
-    from iclgd.probes.finetune_methods import METHODS as KNOWN
-
     out = [m.strip() for m in methods if m.strip()]
     if not out:
-        raise IclgdError(f"no finetuning method given: use some of {', '.join(KNOWN)}")
+        raise IclgdError(f"no finetuning method given: use some of {', '.join(METHOD_SPECS)}")
     for m in out:
-        if m not in KNOWN:
-            raise IclgdError(f"unknown finetuning method {m!r}: use one of {', '.join(KNOWN)}")
+        if m not in METHOD_SPECS:
+            raise IclgdError(f"unknown finetuning method {m!r}: use one of {', '.join(METHOD_SPECS)}")
     return out
 
 

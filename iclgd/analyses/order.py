@@ -1,6 +1,8 @@
-"""Order sensitivity of ICL vs GD variants over finetuning epochs (Shen et al. 2024, REFERENCE §4).
+"""Order sensitivity of ICL vs GD variants over finetuning epochs (Shen, Mishra &
+Khashabi 2024).
 
-Reconstruction (fixed in REFERENCE §4 and `iclgd.probes.metrics.order_sensitivity`): for each
+Reconstruction (fixed in `iclgd.probes.metrics.order_sensitivity`; the paper's text was
+unavailable): for each
 query and each of P orderings of the same N demonstrations take the next-token distribution at
 the answer position; per vocabulary entry the population std (ddof = 0) over the orderings,
 summed over the vocabulary; averaged over queries.

@@ -1,4 +1,5 @@
-"""Ahn et al. (2023) "Transformers learn to implement preconditioned gradient descent" (REFERENCE §2.5).
+"""Ahn et al. (2023) "Transformers learn to implement preconditioned gradient
+descent for in-context learning" (NeurIPS 2023).
 
 Tokens `z_i = (x_i, y_i)`, query `(x_q, 0)`, width d + 1 (d_out = 1). Layer l:
 `Z <- Z + (1/n) (Z Q~ Z^T) M Z P~^T` with `Q~ = [[Q_l, 0], [0, 0]]`, `P~ = [[P_l, 0], [0, 1]]`,

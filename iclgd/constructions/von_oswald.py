@@ -1,6 +1,6 @@
 """von Oswald et al. (2023) "Transformers learn in-context by gradient descent": GD and GD++ layers.
 
-Constructed tokens (REFERENCE §2.1): context `e_i = (x_i, y_i)`, query `(x_q, -W_0 x_q)`.
+Constructed tokens (von Oswald et al. 2023, Proposition 1): context `e_i = (x_i, y_i)`, query `(x_q, -W_0 x_q)`.
 Linear self-attention without softmax or 1/sqrt(d) scaling; keys/values are the n context tokens
 only, queries come from every token; the 1/n of the loss sits in the projection P. In column form,
 blocks ordered (x, y):
@@ -145,7 +145,7 @@ def von_oswald_gd(
         params={"d": d, "n": n, "d_out": d_out, "eta": eta, "steps": steps, "w0_zero": w0 is None},
         nonzero_at_width=_nonzero_gd(True, False),
         n=n,
-        notes="von Oswald et al. 2023, one GD step per shared LSA layer (REFERENCE §2.1)",
+        notes="von Oswald et al. 2023, Proposition 1: one GD step per shared LSA layer",
         reference_name="gd_predict: K-step full-batch GD from w0 on the half-MSE loss",
     )
 
@@ -200,6 +200,6 @@ def von_oswald_gdpp(
         params={"d": d, "n": n, "d_out": d_out, "etas": etas, "gammas": gammas, "layers": layers},
         nonzero_at_width=_nonzero_gd(False, True),
         n=n,
-        notes="von Oswald et al. 2023, GD++ (REFERENCE §2.2)",
+        notes="von Oswald et al. 2023, GD++ (data-dependent preconditioning of the inputs)",
         reference_name="gdpp_predict: GD++ (GD step + x <- (I - gamma sum x x^T) x per layer)",
     )

@@ -15,7 +15,8 @@ Attention, per head h, with TransformerLens row-vector weights `W_Q[h] [d_model,
     q_j = x_j W_Q[h],  k_i = x_i W_K[h],  v_i = x_i W_V[h]
     score_{j,i} = attn_scale * q_j . k_i          (von Oswald: attn_scale = 1, no 1/sqrt(d_head))
     linear:  pattern_{j,i} = score_{j,i} * allowed_{j,i}   (divided by #allowed keys of row j only
-             when `normalize_by_keys`; von Oswald does not divide: the 1/n sits in P, REFERENCE §2.1)
+             when `normalize_by_keys`; von Oswald does not divide: the 1/n sits in P, von Oswald et al.
+             2023, Proposition 1)
     softmax: pattern = softmax over allowed keys (a row with no allowed key gets pattern 0)
     z_j = sum_i pattern_{j,i} v_i,   attn_out_j = sum_h z_j[h] W_O[h]
 `hook_attn_scores` holds the scaled scores with disallowed entries set to 0 (linear) or -inf

@@ -1,4 +1,5 @@
-"""Density and sparsity of one weight tensor (Shen et al. 2024, REFERENCE §4 "Density").
+"""Density and sparsity of one weight tensor (Shen, Mishra & Khashabi 2024, the weight-density
+argument).
 
 Pure functions on a tensor; every computation runs in float64 on a detached copy, so the caller's
 dtype (bf16, fp16) never changes the answer beyond the rounding already in the weights.

@@ -1,9 +1,9 @@
 """In-context learning probes: accuracy by number of demonstrations, and the ICL score.
 
-- `icl_accuracy` (Xie et al. 2022, GINC; Shen et al.'s accuracy reading, REFERENCE §4): top-1
+- `icl_accuracy` (Xie et al. 2022, GINC; Shen et al. 2024's accuracy reading): top-1
   token over the full vocabulary at the answer position equals the gold token; mean over prompts
   with the binomial standard error `sqrt(p (1 - p) / N)`, per number of demonstrations n.
-- `icl_score` (Olsson et al. 2022, REFERENCE §8): loss at a late token minus loss at an early
+- `icl_score` (Olsson et al. 2022, "In-context Learning and Induction Heads"): loss at a late token minus loss at an early
   token of the same context, averaged over sequences. Negative = the model predicts better with
   more context. Default positions are 50/512 and 500/512 of the model's context `n_ctx`.
 
@@ -123,7 +123,7 @@ def predictions_at(
 def icl_accuracy(
     model: Any, prompts: Mapping[int, IclPrompts] | Iterable[IclPrompts], *, batch_size: int = 64,
 ) -> IclAccuracy:
-    """ICL accuracy by number of demonstrations (Xie et al. 2022; REFERENCE §4 accuracy reading).
+    """ICL accuracy by number of demonstrations (Xie et al. 2022; Shen et al. 2024's accuracy reading).
 
     Args:
         model: a TransformerBridge (any model `iclgd.hooks.capture` accepts with token ids).

@@ -1,4 +1,5 @@
-"""Induction-head scores per layer and head (Olsson et al. 2022, REFERENCE §8).
+"""Induction-head scores per layer and head (Olsson et al. 2022, "In-context Learning and
+Induction Heads").
 
 Two scores, each `[n_layers, n_heads]`:
 
