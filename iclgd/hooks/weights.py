@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Protocol, runtime_checkable
 
+import torch
 from einops import rearrange
 from torch import Tensor, nn
 
@@ -56,7 +57,6 @@ def _canonical_keys(hf: nn.Module) -> list[str] | None:
     cfg = getattr(hf, "config", None)
     if cfg is None or "._original_component" not in "".join(n for n, _ in hf.named_modules()):
         return None
-    import torch
     from transformers import AutoModelForCausalLM
 
     with torch.device("meta"):
@@ -79,7 +79,6 @@ def hf_module(model: nn.Module) -> nn.Module:
     hf = getattr(model, "original_model", None)
     if hf is None:
         return model
-    import torch
     from transformers import AutoModelForCausalLM
 
     cfg = hf.config
