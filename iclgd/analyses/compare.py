@@ -43,7 +43,7 @@ the untrained control (`iclgd.analyses.control`), written with `model = "untrain
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 import torch
@@ -51,6 +51,7 @@ from torch import Tensor
 
 from iclgd.analyses.compare_dai import dai_metrics
 from iclgd.analyses.runs import (
+    DEFAULT_BATCH,
     PromptSet,
     RunCapture,
     run_finetuned,
@@ -58,6 +59,7 @@ from iclgd.analyses.runs import (
     run_zero_shot,
 )
 from iclgd.errors import IclgdError
+from iclgd.hooks.batching import BatchSize
 from iclgd.probes import metrics
 from iclgd.probes.finetune_methods import METHODS as METHOD_SPECS
 
@@ -226,6 +228,18 @@ def random_order(n: int, generator: torch.Generator) -> list[int]:
             return order
 
 
+def cell_generator(seed: int, n_demos: int, method: str = "") -> torch.Generator:
+    """The generator of one cell's random draws, seeded by `(seed, N)` (N's reordering and
+    random baselines) or `(seed, N, method)` (that method's training-attention baselines)."""
+    import zlib
+
+    import numpy as np
+
+    key = [seed, n_demos] + ([zlib.crc32(method.encode())] if method else [])
+    state = np.random.SeedSequence(key).generate_state(2, dtype=np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
 def compare_model(
     model: Any,
     prompt_sets: dict[int, PromptSet],
@@ -239,15 +253,20 @@ def compare_model(
     label: str = "trained",
     delta_w: bool = True,
     progress: Callable[[str], None] | None = None,
+    cells: Collection[tuple[int, str]] | None = None,
+    batch_size: BatchSize = DEFAULT_BATCH,
 ) -> list[dict[str, Any]]:
     """Run ZS, ICL (twice: two demonstration orders) and FT per method for every N in
     `prompt_sets`, and return tidy rows `{model: label, n_demos, method, metric, layer, value}`
     (see the module docstring). `wv_layer` defaults to the middle layer (`n_layers // 2`).
-    `progress(msg)` is called after each finetuning run."""
+    `progress(msg)` is called after each finetuning run.
+
+    `cells`: only these `(n_demos, method)` cells (method "" = the metrics without finetuning;
+    None = all), e.g. one shard's share (`iclgd.analyses.shards`). Each cell's numbers do not
+    depend on the other cells run: the reordering and random baselines of N draw from a
+    generator seeded by `(seed, N)`. `batch_size`: prompts per forward pass, or "auto"."""
     n_layers = int(model.cfg.n_layers)
     wv_layer = n_layers // 2 if wv_layer is None else wv_layer
-    gen = torch.Generator().manual_seed(seed)
-    dai_gen = torch.Generator().manual_seed(seed + (1 << 32))  # compare_dai's random baselines
     rows: list[dict[str, Any]] = []
 
     def add(n: int, method: str, metric: str, value: Any, layer: int | None = None) -> None:
@@ -268,32 +287,40 @@ def compare_model(
 
     zs = None
     for n, prompts in sorted(prompt_sets.items()):
+        wanted = [m for m in ("", *methods) if cells is None or (n, m) in cells]
+        if not wanted:
+            continue
         if zs is None:  # the ZS prompts are the same for every N
-            zs = run_zero_shot(model, prompts)
-        icl = run_icl(model, prompts)
-        icl_re = run_icl(model, prompts.reordered(random_order(n, gen)))
-        for metric, value in setting_metrics(zs, icl, icl_re, top_k=top_k, generator=gen).items():
-            if isinstance(value, Tensor):
-                add_layers(n, "", metric, value)
-            else:
-                add(n, "", metric, value)
+            zs = run_zero_shot(model, prompts, batch_size=batch_size)
+        icl = run_icl(model, prompts, batch_size=batch_size)
+        if "" in wanted:
+            gen = cell_generator(seed, n)
+            icl_re = run_icl(model, prompts.reordered(random_order(n, gen)), batch_size=batch_size)
+            for metric, value in setting_metrics(
+                zs, icl, icl_re, top_k=top_k, generator=gen
+            ).items():
+                if isinstance(value, Tensor):
+                    add_layers(n, "", metric, value)
+                else:
+                    add(n, "", metric, value)
         dw = None
-        if delta_w:
+        if delta_w and any(wanted):
             from iclgd.analyses.compare_dw import DeltaWComparison
 
             dw = DeltaWComparison(model, prompts)  # ΔW_ICL once per N, reused by every method
-        for method in methods:
+        for method in (m for m in wanted if m):
             deltas = finetune_prompts(
                 model, prompts, method, lr=lr[method], epochs=epochs, seed=seed, layer=wv_layer
             )
             shared = deltas[0] if len(deltas) == 1 and not prompts.per_query_demos else deltas
-            ft = run_finetuned(model, prompts, shared, kendall=True)
+            ft = run_finetuned(model, prompts, shared, kendall=True, batch_size=batch_size)
             check_finite(ft, f"{method} finetuning (lr={lr[method]}, N={n})")
             for metric, value in output_metrics(zs, icl, ft, top_k=top_k).items():
                 add(n, method, metric, value)
             for metric, values in layer_metrics(zs, icl, ft).items():
                 add_layers(n, method, metric, values)
-            for metric, value in dai_metrics(zs, icl, ft, prompts, generator=dai_gen).items():
+            for metric, value in dai_metrics(zs, icl, ft, prompts,
+                                                   generator=cell_generator(seed, n, method)).items():
                 (add_layers if isinstance(value, Tensor) else add)(n, method, metric, value)
             if dw is not None:
                 for r in dw.rows(deltas):

@@ -1,8 +1,15 @@
 """Per-layer weight density of a model (the weight-density test of Shen, Mishra &
-Khashabi 2024).
+Khashabi 2024, §3.2).
 
 Reads raw weights (`iclgd.hooks.attention_weights` / `mlp_weights`): no LayerNorm folding, no
 centering, so the numbers describe the checkpoint as stored.
+
+Quantised sources (a named model dequantised from GGUF, `iclgd.hooks.named_models`): every block
+of 32 weights lies on a grid `m + d·q`. Around zero, a threshold τ below half a block's step `d`
+catches at most the one grid point nearest zero, so `fraction_below(τ)` there counts where the
+grid happens to fall, not how the model's weights are spread. Each matrix row then carries its
+block steps (`grid_step_min`, `grid_step_median`) and `grid_limited[τ]` = τ < `grid_step_min` / 2
+(true for every block); the summary lists the thresholds that are grid-limited for all matrices.
 """
 
 from __future__ import annotations
@@ -10,6 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from iclgd.hooks import attention_weights, mlp_weights
+from iclgd.hooks.named_models import grid_of_view, quantisation_grid
 from iclgd.probes.density import (
     DEFAULT_THRESHOLDS,
     fractions_below,
@@ -30,26 +38,51 @@ def density_report(
     d_head]` or `[n_heads·d_head, d_model]`). The summary averages each measure per matrix name
     and over all matrices (unweighted mean over matrices).
     """
+    grid = _grid(model)
     rows: list[dict[str, Any]] = []
     for layer in range(int(model.cfg.n_layers)):
         mats = dict(attention_weights(model, layer).matrices())
         mats.update(mlp_weights(model, layer).matrices())
         for name, w in mats.items():
-            rows.append({
+            row = {
                 "layer": layer,
                 "name": name,
                 "shape": list(w.shape),
                 "fraction_below": fractions_below(w, thresholds),
                 "hoyer": hoyer(w),
                 "stable_rank": stable_rank(_as_matrix(name, w)),
-            })
+            }
+            row.update(_grid_fields(grid_of_view(grid, layer, name), thresholds))
+            rows.append(row)
+    summary = summarize(rows, thresholds)
+    if grid:
+        summary["grid_limited_thresholds"] = [
+            threshold_key(t) for t in thresholds
+            if all(r.get("grid_limited", {}).get(threshold_key(t)) for r in rows)]
     return {
         "model": model_name or getattr(model.cfg, "iclgd_source", ""),
         "checkpoint": getattr(model.cfg, "iclgd_checkpoint", None),
         "processing": "raw",
+        "quantisation": (getattr(model.cfg, "iclgd_weights", None) or {}).get("quantisation"),
         "thresholds": [threshold_key(t) for t in thresholds],
         "matrices": rows,
-        "summary": summarize(rows, thresholds),
+        "summary": summary,
+    }
+
+
+def _grid(model: Any) -> dict[str, dict[str, Any]]:
+    folder = (getattr(model.cfg, "iclgd_weights", None) or {}).get("folder")
+    return quantisation_grid(folder) if folder else {}
+
+
+def _grid_fields(record: dict[str, Any] | None, thresholds: tuple[float, ...]) -> dict[str, Any]:
+    if record is None:
+        return {}
+    return {
+        "grid_type": record["type"],
+        "grid_step_min": record["d_min"],
+        "grid_step_median": record["d_median"],
+        "grid_limited": {threshold_key(t): t < record["d_min"] / 2 for t in thresholds},
     }
 
 

@@ -28,9 +28,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from iclgd.analyses.runs import PromptSet, run_finetuned, run_icl
+from iclgd.analyses.runs import DEFAULT_BATCH, PromptSet, run_finetuned, run_icl
 from iclgd.data.tasks import TokenizedDemos
 from iclgd.errors import IclgdError
+from iclgd.hooks.batching import BatchSize
 from iclgd.probes.metrics import order_sensitivity
 
 
@@ -64,9 +65,13 @@ def epoch_grid(epochs: int, max_points: int = 8) -> list[int]:
     return sorted(set(pts.tolist()) | {1, epochs})
 
 
-def icl_distributions(model: Any, prompts: PromptSet, orders: Sequence[Sequence[int]]) -> Tensor:
+def icl_distributions(
+    model: Any, prompts: PromptSet, orders: Sequence[Sequence[int]], *,
+    batch_size: BatchSize = DEFAULT_BATCH,
+) -> Tensor:
     """Next-token distributions of the ICL prompts under each ordering `[P, batch, d_vocab]`."""
-    return torch.stack([run_icl(model, prompts.reordered(o)).probs for o in orders])
+    return torch.stack([run_icl(model, prompts.reordered(o), batch_size=batch_size).probs
+                        for o in orders])
 
 
 def _stack_orderings(prompts: PromptSet, orders: Sequence[Sequence[int]]) -> TokenizedDemos:
@@ -114,6 +119,7 @@ def ft_distributions_by_epoch(
     epochs: Sequence[int],
     seed: int = 0,
     layer: int | None = None,
+    batch_size: BatchSize = DEFAULT_BATCH,
 ) -> dict[int, Tensor]:
     """`ft_distributions` after each epoch count in `epochs`, `{e: [P, batch, d_vocab]}`, from
     one finetuning run of `max(epochs)` epochs (`finetune_batched_epochs`: each snapshot equals
@@ -127,7 +133,7 @@ def ft_distributions_by_epoch(
         dists = []
         for p in range(len(orders)):
             d = deltas[p * n : (p + 1) * n] if prompts.per_query_demos else deltas[p]
-            dists.append(run_finetuned(model, prompts, d).probs)
+            dists.append(run_finetuned(model, prompts, d, batch_size=batch_size).probs)
         out[e] = torch.stack(dists)
 
     finetune_batched_epochs(
@@ -162,15 +168,16 @@ def order_experiment(
     wv_layer: int | None = None,
     label: str = "trained",
     progress: Callable[[str], None] | None = None,
+    batch_size: BatchSize = DEFAULT_BATCH,
 ) -> list[dict[str, Any]]:
     """Order sensitivity of ICL and of each method after each epoch count of
     `epoch_grid(epochs)`. Returns tidy rows `{model, n_demos, n_perms, setting, method, epoch,
     order_sensitivity, se}` (`se` = standard error over queries; `setting` "icl" has method
-    "" and epoch 0)."""
+    "" and epoch 0). `batch_size`: prompts per forward pass, or "auto"."""
     orders = orderings(prompts.icl.n_demos, n_perms, seed=seed)
     wv_layer = int(model.cfg.n_layers) // 2 if wv_layer is None else wv_layer
     base = {"model": label, "n_demos": prompts.icl.n_demos, "n_perms": n_perms}
-    mean, se = _summary(icl_distributions(model, prompts, orders))
+    mean, se = _summary(icl_distributions(model, prompts, orders, batch_size=batch_size))
     rows = [
         {**base, "setting": "icl", "method": "", "epoch": 0, "order_sensitivity": mean, "se": se}
     ]
@@ -178,7 +185,7 @@ def order_experiment(
     for method in methods:
         by_epoch = ft_distributions_by_epoch(
             model, prompts, orders, method, lr=lr[method], epochs=grid, seed=seed,
-            layer=wv_layer,
+            layer=wv_layer, batch_size=batch_size,
         )
         for e in grid:
             mean, se = _summary(by_epoch[e])

@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from iclgd.analyses.sweep import last_checkpoint_verdict
 from iclgd.results import read_jsonl
 
 
@@ -80,6 +81,9 @@ def sweep_section(folder: Path, root: Path) -> str:
         text.append(
             f"\nLast checkpoint: accuracy {_fmt(last[keys[0]])} → {_fmt(last[keys[1]])} "
             f"(Bayes ceiling {_fmt(last[keys[2]])} → {_fmt(last[keys[3]])}).\n")
+    verdict = last_checkpoint_verdict(rows)
+    if verdict:
+        text.append(f"\n**{verdict}.**\n")
     text.append("\n" + _pngs(folder, root))
     return "\n".join(text)
 

@@ -43,6 +43,7 @@ from torch import Tensor
 
 from iclgd.data.tasks import TokenizedDemos, TokenizedTask
 from iclgd.errors import IclgdError
+from iclgd.hooks.batching import BatchSize, model_device, run_batched
 from iclgd.hooks.capture import capture, stack_layers
 from iclgd.hooks.edit import finetuned
 from iclgd.hooks.names import act_name
@@ -243,14 +244,15 @@ def run_prompts(
     demo_attention: bool = False,
     attn_in: bool = False,
     queries: bool = False,
-    batch_size: int = DEFAULT_BATCH,
+    batch_size: BatchSize = DEFAULT_BATCH,
 ) -> RunCapture:
     """Capture the answer-position activations of `task`'s prompts (see the module docstring).
 
     `query_len [batch]` = each query's own token count; `demo_attention` also keeps the
     attention probabilities and pre-softmax scores to the demonstration tokens (needs
     demonstrations), `attn_in` the attention blocks' normalised inputs, `queries` the query
-    projections (heads concatenated). Rows run in batches of `batch_size`.
+    projections (heads concatenated). Rows run in batches of `batch_size` (an int, or
+    `"auto"`/`AutoBatch`: halved on GPU out-of-memory).
     """
     n_layers = int(model.cfg.n_layers)
     names = _names(n_layers, pattern=demo_attention, attn_in=attn_in, queries=queries)
@@ -262,10 +264,10 @@ def run_prompts(
     if query_len.shape != (len(task),):
         raise IclgdError(f"query_len must have one entry per prompt ({len(task)})")
     q_max = int(query_len.max())
-    keys = ("out", "scores", "pattern", "demo_scores", "in", "q", "logits")
-    parts: dict[str, list[Tensor]] = {k: [] for k in keys}
-    for lo in range(0, len(task), batch_size):
-        rows = torch.arange(lo, min(lo + batch_size, len(task)))
+
+    def step(lo: int, hi: int) -> dict[str, Tensor]:
+        rows = torch.arange(lo, hi)
+        chunk: dict[str, Tensor] = {}
         width = int(task.lengths[rows].max())
         got = capture(
             model,
@@ -274,7 +276,7 @@ def run_prompts(
             positions=task.answer_pos[rows],
             return_logits=True,
         )
-        parts["out"].append(stack_layers(got, "attn_out", n_layers))
+        chunk["out"] = stack_layers(got, "attn_out", n_layers)
         scores = stack_layers(got, "scores", n_layers)
         # query token j of row b sits at answer_pos - query_len + 1 + j
         offs = torch.arange(q_max)
@@ -282,20 +284,24 @@ def run_prompts(
         pos = (first[:, None] + offs[None, :]).clamp(max=scores.shape[-1] - 1)
         keep = offs[None, :] < query_len[rows, None]
         picked = scores.gather(-1, pos[:, None, None, :].expand(*scores.shape[:3], q_max))
-        parts["scores"].append(
-            torch.where(keep[:, None, None, :], picked, torch.zeros_like(picked))
-        )
+        chunk["scores"] = torch.where(keep[:, None, None, :], picked, torch.zeros_like(picked))
         if demo_attention:
             pat = stack_layers(got, "pattern", n_layers)
             dpos = starts[rows, None] + torch.arange(n_demo_tok)[None, :]
             didx = dpos[:, None, None, :].expand(*pat.shape[:3], n_demo_tok)
-            parts["pattern"].append(pat.gather(-1, didx))
-            parts["demo_scores"].append(scores.gather(-1, didx))
+            chunk["pattern"] = pat.gather(-1, didx)
+            chunk["demo_scores"] = scores.gather(-1, didx)
         if attn_in:
-            parts["in"].append(stack_layers(got, "ln1", n_layers))
+            chunk["in"] = stack_layers(got, "ln1", n_layers)
         if queries:
-            parts["q"].append(stack_layers(got, "q", n_layers).flatten(-2))
-        parts["logits"].append(got["logits"])
+            chunk["q"] = stack_layers(got, "q", n_layers).flatten(-2)
+        chunk["logits"] = got["logits"]
+        return chunk
+
+    chunks = run_batched(len(task), batch_size, step, default=DEFAULT_BATCH,
+                         device=model_device(model), what=f"{setting} capture")
+    keys = ("out", "scores", "pattern", "demo_scores", "in", "q", "logits")
+    parts = {k: [c[k] for c in chunks if k in c] for k in keys}
     return RunCapture(
         setting=setting,
         attn_out=torch.cat(parts["out"]),
@@ -310,14 +316,18 @@ def run_prompts(
     )
 
 
-def run_zero_shot(model: Any, prompts: PromptSet, *, batch_size: int = DEFAULT_BATCH) -> RunCapture:
+def run_zero_shot(
+    model: Any, prompts: PromptSet, *, batch_size: BatchSize = DEFAULT_BATCH
+) -> RunCapture:
     """ZS: the queries alone; also keeps the attention inputs (`attn_in`) for Kendall τ."""
     return run_prompts(
         model, prompts.zs, prompts.query_len, setting="zs", attn_in=True, batch_size=batch_size
     )
 
 
-def run_icl(model: Any, prompts: PromptSet, *, batch_size: int = DEFAULT_BATCH) -> RunCapture:
+def run_icl(
+    model: Any, prompts: PromptSet, *, batch_size: BatchSize = DEFAULT_BATCH
+) -> RunCapture:
     """ICL: demonstrations + query; also keeps the attention to the demonstration tokens."""
     return run_prompts(
         model,
@@ -336,17 +346,17 @@ def run_finetuned(
     delta: Any | Sequence[Any],
     *,
     kendall: bool = False,
-    batch_size: int = DEFAULT_BATCH,
+    batch_size: BatchSize = DEFAULT_BATCH,
 ) -> RunCapture:
     """FT: the ZS prompts on the model with the finetuning update added (`iclgd.hooks.finetuned`:
     the model's weights are restored exactly afterwards).
 
     `delta` is one `WeightDelta` (or `{hf_name: ΔW}` mapping) shared by every query, or a
     sequence of one per query (per-query demonstrations, e.g. GINC), run one query at a time.
-    `kendall`
-    also keeps the finetuned model's attention inputs and query projections at the answer
-    position (`attn_in`, `query_q`) and at its training tokens (`demo_inputs`, `demo_queries`). With a zero delta the result equals `run_zero_shot`
-    exactly (for per-query deltas: `run_zero_shot(..., batch_size=1)`; other batch sizes agree
+    `kendall` also keeps the finetuned model's attention inputs and query projections at the
+    answer position (`attn_in`, `query_q`) and at its training tokens (`demo_inputs`,
+    `demo_queries`). `batch_size`: prompts per forward pass, or "auto" (`iclgd.hooks.batching`).
+    With a zero delta the result equals `run_zero_shot` exactly (for per-query deltas: `run_zero_shot(..., batch_size=1)`; other batch sizes agree
     to float rounding).
     """
     per_query = isinstance(delta, Sequence) and not isinstance(delta, Mapping)
@@ -407,7 +417,7 @@ DEMO_HOOKS = ("ln1.hook_out", "attn.hook_q")
 
 
 def demo_attention_inputs(
-    model: Any, demos: TokenizedDemos, *, batch_size: int = DEFAULT_BATCH
+    model: Any, demos: TokenizedDemos, *, batch_size: BatchSize = DEFAULT_BATCH
 ) -> Float[Tensor, "... n_layers n_tokens d_model"]:
     """The attention blocks' normalised inputs (`blocks.{l}.ln1.hook_out`) at every real token
     of the demonstrations, each run as its own sequence by `model`: the `x'_t` of Dai's dual
@@ -420,7 +430,7 @@ def demo_activations(
     demos: TokenizedDemos,
     hooks: Sequence[str] = DEMO_HOOKS,
     *,
-    batch_size: int = DEFAULT_BATCH,
+    batch_size: BatchSize = DEFAULT_BATCH,
 ) -> dict[str, Float[Tensor, "... n_layers n_tokens d"]]:
     """Per-layer activations `blocks.{l}.{hook}` at every real token of the demonstrations, each
     demonstration run as its own sequence by `model` (for FT: the finetuned model). `demos
@@ -432,12 +442,18 @@ def demo_activations(
     flat_tok = demos.tokens.reshape(-1, demos.tokens.shape[-1])
     flat_valid = demos.valid.reshape(-1, demos.tokens.shape[-1])
     names = [act_name(h, i) for h in hooks for i in range(n_layers)]
-    chunks: dict[str, list[Tensor]] = {h: [] for h in hooks}
-    for lo in range(0, flat_tok.shape[0], batch_size):
-        got = capture(model, flat_tok[lo : lo + batch_size], names)
+
+    def step(lo: int, hi: int) -> dict[str, Tensor]:
+        got = capture(model, flat_tok[lo:hi], names)
+        out: dict[str, Tensor] = {}
         for h in hooks:  # [b, n_layers, seq, d]
             act = stack_layers(got, h, n_layers)
-            chunks[h].append(act.flatten(3) if act.ndim == 5 else act)
+            out[h] = act.flatten(3) if act.ndim == 5 else act
+        return out
+
+    parts = run_batched(flat_tok.shape[0], batch_size, step, default=DEFAULT_BATCH,
+                        device=model_device(model), what="demonstration capture")
+    chunks = {h: [c[h] for c in parts] for h in hooks}
     valid = flat_valid.reshape(*lead, demos.n_demos, -1)
     counts = valid.reshape(-1, demos.n_demos * valid.shape[-1]).sum(-1)
     if int(counts.min()) != int(counts.max()):

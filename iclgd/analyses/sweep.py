@@ -1,13 +1,15 @@
 """Resumable checkpoint sweep: ICL, induction heads, density and weight drift over training.
 
-Shen et al.'s weight-evolution argument (REFERENCE §1.3) and Olsson et al.'s phase change (§8):
+Shen et al. 2024's weight-evolution argument and Olsson et al. 2022's induction-head phase change:
 for every checkpoint of a series, in step order, one row with
 
 - `icl_accuracy` / `icl_accuracy_se` (n as a string → value) on the default prompt set (GINC,
   in-distribution concepts, k = 3) and `bayes_accuracy` / `bayes_accuracy_se`, the exact
   Bayes-ideal ceiling on the same prompts, with `pretrained_bayes_accuracy` (/ `_se`), the
   exact pretraining-view predictor (a perfectly fitted pretrained LM); every prompt set under
-  `icl_accuracy_by_task`;
+  `icl_accuracy_by_task` (each with its `gain`);
+- `icl_gain` (fewest → most examples of the default set, `icl_gain_n`), `icl_gain_se`,
+  `icl_gain_ci95_low` / `_high` and `icl_emerged` (lower 95 % bound above 0; `iclgd.probes.icl.icl_gain`);
 - `icl_score` (+ `icl_score_positions`), Olsson's late-minus-early loss;
 - induction heads: best heads by prefix matching (with their copying scores) and by copying,
   plus the full `[n_layers, n_heads]` score tables;
@@ -26,6 +28,12 @@ is dropped (and recomputed) on start. **Failure rows** (a checkpoint that failed
 evaluate: `{"checkpoint", "step", "error"}`) **count as done**, so reruns are idempotent;
 `retry_errors=True` drops them and tries those checkpoints again. A rerun must use the same
 settings (source, tasks, prompts, seed, dtype, selection): otherwise it raises `IclgdError`.
+
+Sharding (`shard="i/N"`, `iclgd sweep --shard i/N`): the worker sweeps only its share of the
+checkpoints (`iclgd.analyses.shards`) into its own folder; drift still compares with the
+previous and the last checkpoint of the whole selection (read from disk when another worker
+owns them). `iclgd merge` (`iclgd.analyses.sweep_merge`) combines the folders into exactly the
+unsharded rows.
 """
 
 from __future__ import annotations
@@ -40,9 +48,11 @@ from typing import Any
 
 import torch
 
+from iclgd.analyses.shards import Shard, shard_record, sweep_grid
 from iclgd.errors import IclgdError
 from iclgd.probes.density import DEFAULT_THRESHOLDS, fractions_below, hoyer, threshold_key
 from iclgd.probes.drift import layer_matrices, weight_drift
+from iclgd.probes.icl import gain_verdict
 from iclgd.results import append_jsonl_atomic, atomic_write_text, provenance, write_csv, write_json
 
 SWEEP_TASKS = ("icl", "icl_score", "induction", "density", "drift")
@@ -57,7 +67,9 @@ class SweepSettings:
     is the default reported as `icl_accuracy`. `n_values`: demonstration counts (those whose
     prompt exceeds the model's context are dropped). `checkpoints`: labels to keep (None: all);
     `every`: keep every k-th selected checkpoint (the last always). `tasks`: None = every task
-    the source supports.
+    the source supports. `batch_size`: prompts per forward pass, or `"auto"` (halved on GPU
+    out-of-memory, `iclgd.hooks.batching`). `dtype`: the models' dtype (bfloat16 runs the
+    forward passes in bf16; every metric accumulates in float32/float64).
     """
 
     tasks: tuple[str, ...] | None = None
@@ -73,7 +85,7 @@ class SweepSettings:
     seed: int = 0
     dtype: str | None = None
     text: str | None = None
-    batch_size: int = 64
+    batch_size: int | str = 64
     thresholds: tuple[float, ...] = DEFAULT_THRESHOLDS
 
 
@@ -283,11 +295,12 @@ def load_rows(out: str | Path, warn: Callable[[str], None] | None = None) -> lis
             f"iclgd sweep: dropped {dropped} unreadable or duplicated line(s) from {path}; "
             "those checkpoints are recomputed"
         )
-        _rewrite_rows(path, rows)
+        rewrite_rows(path, rows)
     return rows
 
 
-def _rewrite_rows(path: Path, rows: list[dict[str, Any]]) -> None:
+def rewrite_rows(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Replace a rows file with `rows` (one JSON line each), atomically."""
     from iclgd.results import to_json
 
     atomic_write_text(path, "".join(to_json(r, indent=None) + "\n" for r in rows))
@@ -318,8 +331,13 @@ def run_sweep(
     plots: bool = True,
     progress: bool = True,
     cache_dir: str | Path | None = None,
+    shard: Shard | str | None = None,
 ) -> SweepResult:
-    """Sweep every selected checkpoint of `source` into `out` (module docstring); resumable."""
+    """Sweep every selected checkpoint of `source` into `out` (module docstring); resumable.
+
+    `shard` (`"i/N"` or a `Shard`): only this worker's share of the checkpoints
+    (`iclgd.analyses.shards`); the folder then holds those rows, `rows.csv` and a shard record in
+    its provenance, no plots (merge the shard folders with `iclgd merge`)."""
     from tqdm import tqdm
 
     from iclgd.analyses.sweep_tasks import SweepTasks
@@ -331,17 +349,23 @@ def run_sweep(
     check_architectures(refs)
     dev = str(resolve_device(device))
     tasks = SweepTasks.for_source(source, refs, settings)
-    record = {
+    record: dict[str, Any] = {
         "source": str(source),
         "settings": _settings_json(settings),
         "tasks": list(tasks.names),
     }
+    shard = Shard.parse(shard)
+    grid = sweep_grid(r.label for r in refs)
+    if shard is not None:
+        record["shard"] = shard_record("sweep", shard, record, grid)
+        mine = {c[0] for c in shard.take(grid)}
+        plots = False
     out.mkdir(parents=True, exist_ok=True)
     _check_resumable(out, record)
     rows = load_rows(out)
     if retry_errors and any("error" in r for r in rows):
         rows = [r for r in rows if "error" not in r]
-        _rewrite_rows(out / ROWS, rows)
+        rewrite_rows(out / ROWS, rows)
     prov = provenance(
         model=str(source),
         checkpoint=[r.label for r in refs],
@@ -352,8 +376,11 @@ def run_sweep(
         notes=tasks.notes,
     )
     write_json(out / "provenance.json", prov)
+    if shard is not None and not (out / ROWS).exists():
+        atomic_write_text(out / ROWS, "")  # a shard with no checkpoints still merges
     done = {r["checkpoint"] for r in rows}
-    todo = [i for i, r in enumerate(refs) if r.label not in done]
+    todo = [i for i, r in enumerate(refs)
+            if r.label not in done and (shard is None or r.label in mine)]
     loader = CheckpointLoader(dev, settings.dtype)
     theta_final: dict[str, torch.Tensor] | None = None
     final_failed = False
@@ -399,18 +426,37 @@ def run_sweep(
     rows = load_rows(out)
     order = {r.label: r.step for r in refs}
     rows = sorted(
-        [r for r in rows if r["checkpoint"] in order], key=lambda r: order[r["checkpoint"]]
+        [r for r in rows
+         if r["checkpoint"] in order and (shard is None or r["checkpoint"] in mine)],
+        key=lambda r: order[r["checkpoint"]],
     )
-    files = [
-        out / ROWS,
-        out / "provenance.json",
-        write_csv(out / "rows.csv", [flatten_row(_csv_row(r)) for r in rows]),
-    ]
+    files = [out / ROWS, out / "provenance.json", *write_sweep_tables(out, rows, plots=plots)]
+    return SweepResult(rows, out, files)
+
+
+def write_sweep_tables(out: str | Path, rows: list[dict[str, Any]], *, plots: bool) -> list[Path]:
+    """`rows.csv` (flattened, without the per-head tables) and, with `plots`, the figures."""
+    out = Path(out)
+    files = [write_csv(out / "rows.csv", [flatten_row(_csv_row(r)) for r in rows])]
     if plots:
         from iclgd.analyses.sweep_plots import save_sweep_plots
 
         files += save_sweep_plots(rows, out)
-    return SweepResult(rows, out, files)
+    return files
+
+
+def last_checkpoint_verdict(rows: list[dict[str, Any]]) -> str | None:
+    """The ICL verdict (`iclgd.probes.icl.gain_verdict`) of the last checkpoint with a gain."""
+    good = [r for r in rows if "error" not in r and "icl_emerged" in r]
+    if not good:
+        return None
+    r = max(good, key=lambda r: r["step"])
+    lo, hi = r["icl_gain_n"]
+    gain = {"n_from": lo, "n_to": hi, "gain": r["icl_gain"], "gain_se": r["icl_gain_se"],
+            "gain_ci95_low": r["icl_gain_ci95_low"],
+            "gain_ci95_high": r["icl_gain_ci95_high"],
+            "icl_emerged": r["icl_emerged"]}
+    return f"{r['checkpoint']}: " + gain_verdict(gain, r.get("icl_task", ""))
 
 
 def _drift_prev(
@@ -473,15 +519,19 @@ def _check_resumable(out: Path, record: dict[str, Any]) -> None:
         old = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return
-    for key in ("source", "settings", "tasks"):
-        if key in old and old[key] != record[key]:
+    for key in ("source", "settings", "tasks", "shard"):
+        if (key in old or key in record) and old.get(key) != record.get(key):
             raise IclgdError(
-                f"{out} holds a sweep with a different {key} ({_short(old[key])} vs "
-                f"{_short(record[key])}): pass the same settings to resume, or a new --out"
+                f"{out} holds a sweep with a different {key} ({_short(old.get(key))} vs "
+                f"{_short(record.get(key))}): pass the same settings to resume, or a new --out"
             )
 
 
 def _short(value: Any) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, dict) and "fingerprint" in value:  # a shard record
+        return f"shard {value['index']}/{value['count']}"
     if isinstance(value, dict):
         return ", ".join(f"{k}={v}" for k, v in value.items())[:120]
     return str(value)[:120]

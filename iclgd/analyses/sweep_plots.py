@@ -16,6 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from iclgd.probes.icl import Z_95  # noqa: E402
 from iclgd.results import save_figure  # noqa: E402
 
 
@@ -147,10 +148,21 @@ def plot_icl_vs_n(rows: list[dict[str, Any]], task: str | None = None) -> Figure
     ax.set_xscale("symlog", linthresh=1)
     ax.set_xlabel("number of in-context examples n (symlog)")
     ax.set_ylabel("accuracy")
-    ax.set_title(f"ICL accuracy vs n, {task}")
+    gain = t.get("gain")
+    verdict = "" if gain is None else (
+        f"\nlast checkpoint: gain {100 * gain['gain']:+.1f} ± {100 * Z_95 * gain['gain_se']:.1f} "
+        "points "
+        f"(95 %), ICL {'emerged' if gain['icl_emerged'] else 'did NOT emerge'}")
+    ax.set_title(f"ICL accuracy vs n, {task}{verdict}", fontsize=10)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     return fig
+
+
+def _gain_halfwidth(row: dict[str, Any], key: str) -> float:
+    """1.96 x the SE of accuracy(n=key) − accuracy(n=0) (independent prompt sets)."""
+    se = row["icl_accuracy_se"]
+    return Z_95 * (se[key] ** 2 + se["0"] ** 2) ** 0.5
 
 
 def plot_icl_stability(rows: list[dict[str, Any]], n: int = 32) -> Figure:
@@ -166,6 +178,12 @@ def plot_icl_stability(rows: list[dict[str, Any]], n: int = 32) -> Figure:
         ax.plot(xs, acc, "o-", color="C0", label=f"ICL accuracy, n={key}")
         if len(gain) == len(xs):
             ax.plot(xs, gain, "s-", color="C2", label=f"accuracy(n={key}) − accuracy(n=0)")
+            half = [_gain_halfwidth(r, key) for r in rows if key in (r.get("icl_accuracy") or {})]
+            if len(half) == len(xs):
+                ax.fill_between(xs, [g - h for g, h in zip(gain, half, strict=True)],
+                                [g + h for g, h in zip(gain, half, strict=True)], color="C2",
+                                alpha=0.2, label="gain, 95 % interval")
+            ax.axhline(0.0, color="grey", lw=0.8)
     ax.set_ylabel("accuracy")
     _step_axis(ax, steps)
     right = ax.twinx()

@@ -22,7 +22,8 @@ import numpy as np
 import torch
 
 from iclgd.errors import IclgdError
-from iclgd.probes.icl import IclPrompts, icl_accuracy, icl_score
+from iclgd.hooks.batching import AUTO, AutoBatch
+from iclgd.probes.icl import IclPrompts, icl_accuracy, icl_gain, icl_score
 from iclgd.probes.induction import induction_scores
 
 
@@ -76,6 +77,7 @@ class SweepTasks:
         self._ready = False
         self._sets: list[tuple[IclSet, dict[int, IclPrompts], dict[int, tuple[float, float]]]] = []
         self._score_tokens: torch.Tensor | None = None
+        self._auto = AutoBatch() if str(settings.batch_size).lower() == AUTO else None
 
     @classmethod
     def for_source(cls, source: str | Path, refs: list[Any], settings: Any) -> SweepTasks:
@@ -194,7 +196,7 @@ class SweepTasks:
         if "icl" in self.names:
             by_task = {}
             for spec, prompts, bayes, pretrained in self._sets:
-                acc = icl_accuracy(model, prompts, batch_size=st.batch_size)
+                acc = icl_accuracy(model, prompts, batch_size=self._auto or st.batch_size)
                 by_task[spec.name] = {
                     "concepts": spec.concepts,
                     "k": spec.k,
@@ -207,6 +209,8 @@ class SweepTasks:
                         str(n): pretrained[n][1] for n in acc.n_values
                     },
                 }
+                if len(acc.n_values) > 1:
+                    by_task[spec.name]["gain"] = icl_gain(acc.accuracy, acc.se).to_dict()
             first = by_task[self._sets[0][0].name]
             row.update(
                 {
@@ -220,8 +224,16 @@ class SweepTasks:
                     "icl_accuracy_by_task": by_task,
                 }
             )
+            if "gain" in first:
+                g = first["gain"]
+                row.update({"icl_gain": g["gain"], "icl_gain_se": g["gain_se"],
+                            "icl_gain_ci95_low": g["gain_ci95_low"],
+                            "icl_gain_ci95_high": g["gain_ci95_high"],
+                            "icl_gain_n": [g["n_from"], g["n_to"]],
+                            "icl_emerged": g["icl_emerged"]})
         if "icl_score" in self.names:
-            sc = icl_score(model, self._score_tokens, batch_size=max(1, st.batch_size // 2))
+            sc = icl_score(model, self._score_tokens,
+                           batch_size=self._auto or max(1, st.batch_size // 2))
             row.update(
                 {
                     "icl_score": sc.score,
@@ -232,7 +244,8 @@ class SweepTasks:
             )
         if "induction" in self.names:
             ind = induction_scores(
-                model, seq_len=st.induction_seq_len, n_seqs=st.induction_seqs, seed=st.seed
+                model, seq_len=st.induction_seq_len, n_seqs=st.induction_seqs, seed=st.seed,
+                **({"batch_size": self._auto} if self._auto else {}),
             )
             top = ind.top("prefix_matching", st.top_heads)
             for head in top:

@@ -10,9 +10,11 @@ COMMAND_MODULES = (
     "compare",
     "order",
     "sweep",
+    "merge",
     "reproduce",
     "audit",
     "train",
     "demo",
+    "layers",
     "tasks",
 )

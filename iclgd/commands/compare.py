@@ -79,7 +79,13 @@ def add_common(p: argparse.ArgumentParser, *, methods: str, demos: str, epochs: 
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (default 1: small models gain nothing from more, and "
                         "on a shared 2-core machine 2 threads ran several times slower)")
-    p.add_argument("--dtype", default=None, help="float32 (default), float64, bfloat16, ...")
+    p.add_argument("--dtype", default=None,
+                   help="model dtype: float32 (default), float64, bfloat16, float16; metrics "
+                        "accumulate in float32/float64, bf16/fp16 finetuning keeps float32 "
+                        "master weights")
+    p.add_argument("--batch-size", default="32",
+                   help="prompts per forward pass (default 32), or 'auto': as large as fits, "
+                        "halved on GPU out-of-memory")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
 
 
@@ -96,6 +102,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_common(p, methods="gd,sgd,adam,kv,layer-causal,wv-layer", demos="1,2,4,8", epochs=1)
     p.add_argument("--top-k", type=int, default=10, help="K of token overlap (default 10)")
     p.add_argument("--out", default="results/compare", help="output folder (default results/compare)")
+    p.add_argument("--shard", default=None, metavar="I/N",
+                   help="compute only worker I's share of the N-way split of the (model, N, "
+                        "method) cells into --out; combine the N folders with `iclgd merge`")
     p.set_defaults(func=run)
 
 
@@ -199,36 +208,50 @@ def provenance_for(model, args: argparse.Namespace, **extra):
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the comparison, write the results, print the summary."""
+    """Run the comparison (or one shard of it), write the results, print the summary."""
     check_common(args)  # before the heavy imports
     from pathlib import Path
 
     from tqdm import tqdm
 
-    from iclgd.analyses.compare import compare_model, summarize
+    from iclgd.analyses.compare import compare_model
+    from iclgd.analyses.shards import Shard, compare_grid, shard_record
+    from iclgd.hooks.batching import parse_batch_size
     from iclgd.results import to_json, write_csv, write_json
 
+    shard = Shard.parse(args.shard)
+    batch = parse_batch_size(args.batch_size)
     model, sets, info, methods, lr = load_for_experiment(args)
     models, control = with_control(model, args)
+    labels = [label for label, _ in models]
+    grid = compare_grid(labels, sets, methods)
+    cells = grid if shard is None else shard.take(grid)
     rows = []
-    with tqdm(total=len(models) * len(sets) * len(methods), desc="compare", unit="run",
-              leave=False, disable=None) as bar:
+    with tqdm(total=sum(1 for c in cells if c[2]), desc="compare", unit="run", leave=False,
+              disable=None) as bar:
         for label, m in models:
+            mine = {(n, meth) for lab, n, meth in cells if lab == label}
+            if not mine:
+                continue
             rows += compare_model(m, sets, methods, lr=lr, epochs=args.epochs, seed=args.seed,
                                   wv_layer=args.wv_layer, top_k=args.top_k, label=label,
-                                  progress=lambda msg: (bar.set_postfix_str(msg), bar.update(1)))
-    summary = summarize(rows)
+                                  progress=lambda msg: (bar.set_postfix_str(msg), bar.update(1)),
+                                  cells=None if shard is None else mine, batch_size=batch)
     settings = {"demos": sorted(sets), "methods": methods, "lr": lr, "epochs": args.epochs,
-                "top_k": args.top_k, "wv_layer": args.wv_layer, **control, **info}
+                "top_k": args.top_k, "wv_layer": args.wv_layer, "batch_size": args.batch_size,
+                **control, **info}
     out = Path(args.out)
     prov = provenance_for(model, args, analysis="compare", **control)
-    write_csv(out / "compare.csv", rows)
-    write_csv(out / "compare_summary.csv", summary)
     if "lr_search" in info:
         write_csv(out / "lr_search.csv", info["lr_search"]["rows"])
-    write_json(out / "compare.json", {"provenance": prov, "settings": settings,
-                                      "summary": summary, "rows": rows})
-    write_figures(out, rows, summary, title=f"{Path(args.model).name} / {info['task']}")
+    if shard is not None:
+        prov["shard"] = shard_record("compare", shard, fingerprint_settings(prov, settings), grid)
+        write_csv(out / "compare.csv", rows)
+        write_json(out / "compare.json", {"provenance": prov, "settings": settings, "rows": rows})
+        print(f"shard {shard}: {len(cells)} of {len(grid)} cells into {out}/ (compare.csv, "
+              "compare.json); combine the shard folders with `iclgd merge`")
+        return 0
+    summary = write_results(out, rows, settings, prov)
     if args.json:
         print(to_json({"settings": settings, "summary": summary}))
         return 0
@@ -237,6 +260,31 @@ def run(args: argparse.Namespace) -> int:
         print("learning rates chosen on held-out demonstrations: "
               + ", ".join(f"{m} {v:g}" for m, v in lr.items()) + " (lr_search.csv)")
     return 0
+
+
+def fingerprint_settings(prov: dict, settings: dict) -> dict:
+    """What determines a comparison's numbers: model, checkpoint, seed, dtype and settings."""
+    return {"model": prov["model"], "checkpoint": prov["checkpoint"], "seed": prov["seed"],
+            "dtype": prov["dtype"], "settings": settings}
+
+
+def write_results(out, rows, settings, prov, *, figures: bool = True) -> list:
+    """compare.csv, compare_summary.csv, compare.json and the figures; returns the summary."""
+    from pathlib import Path
+
+    from iclgd.analyses.compare import summarize
+    from iclgd.results import write_csv, write_json
+
+    out = Path(out)
+    summary = summarize(rows)
+    write_csv(out / "compare.csv", rows)
+    write_csv(out / "compare_summary.csv", summary)
+    write_json(out / "compare.json", {"provenance": prov, "settings": settings,
+                                      "summary": summary, "rows": rows})
+    if figures:
+        write_figures(out, rows, summary,
+                      title=f"{Path(prov['model']).name} / {settings['task']}")
+    return summary
 
 
 def write_figures(out, rows, summary, *, title: str) -> None:

@@ -19,22 +19,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="runs/demo", help="results folder (default runs/demo)")
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dtype", default=None,
+                   help="dtype of the analyses' models (training stays float32): float32 "
+                        "(default), bfloat16, float16")
     p.add_argument("--quick", action="store_true",
                    help="tiny settings (seconds, for smoke tests; numbers are meaningless)")
     p.set_defaults(func=run)
 
 
-def steps(out: Path, device: str, seed: int, quick: bool) -> list[tuple[str, Path, list[str]]]:
+def steps(
+    out: Path, device: str, seed: int, quick: bool, dtype: str | None = None
+) -> list[tuple[str, Path, list[str]]]:
     """`(name, done_marker, argv)` for each step of the demo."""
     ginc, s = out / "ginc", str(seed)
+    dt = [] if dtype is None else ["--dtype", dtype]
     train = ["train", "ginc", "--out", str(ginc), "--seed", s, "--device", device]
-    sweep = ["sweep", str(ginc), "--out", str(out / "sweep"), "--device", device, "--seed", s]
+    sweep = ["sweep", str(ginc), "--out", str(out / "sweep"), "--device", device, "--seed", s,
+             *dt]
     compare = ["compare", "--model", str(ginc), "--task", "ginc", "--control", "untrained",
-               "--out", str(out / "compare"), "--device", device, "--seed", s]
+               "--out", str(out / "compare"), "--device", device, "--seed", s, *dt]
     order = ["order", "--model", str(ginc), "--task", "ginc", "--out", str(out / "order"),
-             "--device", device, "--seed", s]
+             "--device", device, "--seed", s, *dt]
     if quick:
-        train += ["--steps", "20", "--checkpoints", "3", "--layers", "1", "--d-model", "32"]
+        train += ["--steps", "20", "--checkpoints", "3", "--layers", "1", "--d-model", "32",
+                  "--eval-prompts", "50"]
         sweep += ["--n-prompts", "16", "--n-values", "0,2,8", "--score-seqs", "4",
                   "--induction-seqs", "4"]
         compare += ["--demos", "1,2", "--queries", "4", "--methods", "gd,kv"]
@@ -45,7 +53,7 @@ def steps(out: Path, device: str, seed: int, quick: bool) -> list[tuple[str, Pat
         ("ICL vs finetuning", out / "compare" / "compare.json", compare),
         ("order sensitivity", out / "order" / "order.json", order),
         ("weight density", out / "density" / "density.json",
-         ["density", str(ginc), "--out", str(out / "density")]),
+         ["density", str(ginc), "--out", str(out / "density"), *dt]),
         ("construction audit", out / "audit" / "audit.json",
          ["audit", "von-oswald-gd", "--out", str(out / "audit"), "--seed", s]),
     ]
@@ -64,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    for name, marker, argv in steps(out, args.device, args.seed, args.quick):
+    for name, marker, argv in steps(out, args.device, args.seed, args.quick, args.dtype):
         if marker.exists() and name != "train GINC model":
             print(f"[demo] {name}: done already ({marker})", file=sys.stderr)
             continue

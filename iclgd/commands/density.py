@@ -11,6 +11,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("model", help="HF folder, checkpoint-series folder, or cached hub name")
     p.add_argument("--checkpoint", default=None, help="checkpoint label or index (series/hub)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default=None,
+                   help="model dtype: float32 (default), bfloat16, float16, float64 (density of the weights as loaded, computed in float64)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--out", default=None, help="also write density.json/density.csv here")
     p.set_defaults(func=run)
@@ -27,7 +29,8 @@ def run(args: argparse.Namespace) -> int:
     from iclgd.hooks import load_model
     from iclgd.results import provenance, to_json, write_csv, write_json
 
-    model = load_model(args.model, device=args.device, checkpoint=args.checkpoint)
+    model = load_model(args.model, device=args.device, dtype=args.dtype,
+                       checkpoint=args.checkpoint)
     report = density_report(model, model_name=args.model)
     if args.out:
         from pathlib import Path
@@ -37,12 +40,13 @@ def run(args: argparse.Namespace) -> int:
         write_csv(out / "density.csv", [
             {"layer": r["layer"], "name": r["name"], "shape": "x".join(map(str, r["shape"])),
              **{f"below_{k}": v for k, v in r["fraction_below"].items()},
-             "hoyer": r["hoyer"], "stable_rank": r["stable_rank"]}
+             "hoyer": r["hoyer"], "stable_rank": r["stable_rank"],
+             **{k: r[k] for k in ("grid_type", "grid_step_min", "grid_step_median") if k in r}}
             for r in report["matrices"]
         ])
         write_json(out / "provenance.json", provenance(
             model=args.model, checkpoint=report["checkpoint"], seed=None,
-            dtype=str(next(model.parameters()).dtype), device=args.device,
+            dtype=str(next(model.parameters()).dtype).removeprefix("torch."), device=args.device,
             weight_processing="raw"))
     if args.json:
         print(to_json(report))
@@ -59,4 +63,9 @@ def run(args: argparse.Namespace) -> int:
     s = report["summary"]["all"]
     print(f"{'all':>5} {'mean':<7} {'':<14}" + "".join(f" {s['fraction_below'][k]:>8.4f}" for k in keys)
           + f" {s['hoyer']:>7.4f} {s['stable_rank']:>7.2f}")
+    limited = report["summary"].get("grid_limited_thresholds")
+    if limited:
+        print(f"weights dequantised from {report['quantisation']}: thresholds "
+              f"{', '.join(limited)} lie below half of every block's quantisation step, so "
+              "those columns describe the grid, not the model's weights")
     return 0

@@ -42,11 +42,13 @@ def run(args: argparse.Namespace) -> int:
     from iclgd.analyses.order import epoch_grid, order_experiment
     from iclgd.commands.compare import load_for_experiment, parse_ints, provenance_for, with_control
     from iclgd.errors import IclgdError
+    from iclgd.hooks.batching import parse_batch_size
     from iclgd.results import save_figure, to_json, write_csv, write_json
 
     counts = sorted(set(parse_ints(args.demos, "--demos")))
     if len(counts) != 1:
         raise IclgdError(f"order takes one number of demonstrations (--demos 8), got {counts}")
+    batch = parse_batch_size(args.batch_size)
     model, sets, info, methods, lr = load_for_experiment(args)
     (n, prompts), = sets.items()
     models, control = with_control(model, args)
@@ -57,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
         for label, m in models:
             rows += order_experiment(m, prompts, methods, n_perms=args.perms, epochs=args.epochs,
                                      lr=lr, seed=args.seed, wv_layer=args.wv_layer, label=label,
-                                     progress=lambda msg: (bar.set_postfix_str(msg), bar.update(1)))
+                                     progress=lambda msg: (bar.set_postfix_str(msg), bar.update(1)),
+                                     batch_size=batch)
     settings = {"demos": n, "perms": args.perms, "methods": methods, "lr": lr,
                 "epochs": args.epochs, "epoch_grid": grid, **control, **info}
     out = Path(args.out)

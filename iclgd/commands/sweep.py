@@ -45,9 +45,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--text", default=None,
                    help="text file for the ICL score of non-GINC models (tokenised, n_ctx windows)")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda")
-    p.add_argument("--dtype", default=None, help="float32 (default), bfloat16, float16, float64")
+    p.add_argument("--dtype", default=None,
+                   help="model dtype: float32 (default), bfloat16, float16, float64; metrics "
+                   "accumulate in float32/float64 whatever the model's dtype")
     p.add_argument("--seed", type=int, default=0, help="seed of prompts and probe sequences")
-    p.add_argument("--batch-size", type=int, default=64, help="prompts per forward pass")
+    p.add_argument("--batch-size", default="64",
+                   help="prompts per forward pass (default 64), or 'auto': as large as fits, "
+                   "halved on GPU out-of-memory (one line on stderr each time)")
+    p.add_argument("--shard", default=None, metavar="I/N",
+                   help="compute only worker I's share of the N-way split of the checkpoints "
+                   "into --out (its own folder); combine the N folders with `iclgd merge`")
     p.add_argument("--retry-errors", action="store_true", help="retry checkpoints that failed before")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
     p.add_argument("--json", action="store_true", help="print the rows as JSON to stdout")
@@ -60,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
 
     check_model_spec(args.source)  # before the heavy imports: bad paths are answered at once
     check_output_folder(args.out)
-    from iclgd.analyses.sweep import SweepSettings, run_sweep
+    from iclgd.analyses.sweep import SweepSettings, last_checkpoint_verdict, run_sweep
     from iclgd.errors import IclgdError
     from iclgd.results import to_json
 
@@ -77,8 +84,13 @@ def run(args: argparse.Namespace) -> int:
         raise IclgdError(f"--n-values must be integers, got {args.n_values}") from err
     if n_values is not None and (not n_values or min(n_values) < 0):
         raise IclgdError("--n-values must be non-negative integers, e.g. 0,1,2,4")
-    if min(args.n_prompts, args.batch_size, args.score_seqs, args.induction_seqs) < 1:
-        raise IclgdError("--n-prompts, --batch-size, --score-seqs and --induction-seqs must be >= 1")
+    if min(args.n_prompts, args.score_seqs, args.induction_seqs) < 1:
+        raise IclgdError("--n-prompts, --score-seqs and --induction-seqs must be >= 1")
+    from iclgd.hooks.batching import parse_batch_size
+    from iclgd.hooks.loading import resolve_dtype
+
+    batch = parse_batch_size(args.batch_size)
+    dtype = None if args.dtype is None else str(resolve_dtype(args.dtype)).removeprefix("torch.")
     settings = SweepSettings(
         tasks=None if args.tasks is None else tuple(args.tasks),
         icl_sets=tuple(args.icl_sets),
@@ -86,18 +98,23 @@ def run(args: argparse.Namespace) -> int:
         induction_seqs=args.induction_seqs, induction_seq_len=args.induction_seq_len,
         every=args.every,
         checkpoints=None if args.checkpoints is None else tuple(args.checkpoints),
-        seed=args.seed, dtype=args.dtype, text=args.text, batch_size=args.batch_size,
+        seed=args.seed, dtype=dtype, text=args.text,
+        batch_size=batch if isinstance(batch, int) else "auto",
         **({} if n_values is None else {"n_values": n_values}),
     )
     result = run_sweep(args.source, args.out, settings, device=args.device,
-                       retry_errors=args.retry_errors, plots=not args.no_plots)
+                       retry_errors=args.retry_errors, plots=not args.no_plots, shard=args.shard)
     errors = [r["checkpoint"] for r in result.rows if "error" in r]
     if args.json:
         print(to_json({"out": str(result.out), "rows": result.rows,
                        "files": [str(f) for f in result.files]}))
     else:
         print(f"swept {len(result.rows)} checkpoint(s) into {result.out}"
+              + (f" (shard {args.shard}; combine with `iclgd merge`)" if args.shard else "")
               + (f"; failed: {', '.join(errors)}" if errors else ""))
+        verdict = last_checkpoint_verdict(result.rows)
+        if verdict:
+            print(verdict)
     if errors:
         print(f"iclgd sweep: {len(errors)} checkpoint(s) failed: {', '.join(errors)} "
               "(rows with 'error'; rerun with --retry-errors)", file=sys.stderr)

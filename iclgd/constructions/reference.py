@@ -1,4 +1,5 @@
-"""Reference learning algorithms for in-context linear regression (REFERENCE §3), batched over tasks.
+"""Reference learning algorithms for in-context linear regression (von Oswald et al. 2023; Ahn et
+al. 2023; Akyürek et al. 2023; Fu et al. 2023), batched over tasks.
 
 Shapes: `X [batch, n, d]`, `Y [batch, n, d_out]`, `x_query [batch, d]`; weights `W [batch, d_out, d]`
 (`y = W x`); predictions `[batch, d_out]`. Everything runs in the inputs' dtype (use float64 to
@@ -174,7 +175,7 @@ def gdpp_predict(
     etas: Sequence[float],
     gammas: Sequence[float],
 ) -> Tensor:
-    """GD++ (von Oswald et al. 2023, §2.2 of REFERENCE), from W_0 = 0, one (eta, gamma) per layer.
+    """GD++ (von Oswald et al. 2023, §4), from W_0 = 0, one (eta, gamma) per layer.
 
     Layer l, with current inputs `x` and accumulated predictions `f` (context and query, f = 0):
     `Delta W_l = (eta_l / n) sum_i (y_i - f_i) x_i^T` (a GD step on the half-MSE residuals),
@@ -218,3 +219,123 @@ def half_mse(pred: Tensor, target: Tensor) -> float:
 def mse(pred: Tensor, target: Tensor) -> float:
     """`mean over tasks of ||pred - target||^2` (full MSE, Ahn et al.)."""
     return 2.0 * half_mse(pred, target)
+
+
+# ----------------------------------------------------------------------------- iterates
+# Every `*_iterates` function returns the whole trajectory `[steps + 1, batch, d_out, d]`
+# (entry k = the weights after k steps, entry 0 the start), in the inputs' dtype. The private
+# `_..._path` versions skip input checks and accept 0-d tensors for their scalar hyperparameters,
+# so the layer-wise probe can fit them by autograd.
+
+
+def _check_steps(steps: int) -> int:
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise IclgdError(f"steps must be an integer >= 0, got {steps!r}")
+    return steps
+
+
+def _gd_path(X: Tensor, Y: Tensor, eta: Any, steps: int, A: Tensor | None = None) -> Tensor:
+    W = X.new_zeros(X.shape[0], Y.shape[2], X.shape[2])
+    out = [W]
+    for _ in range(steps):
+        g = half_mse_grad(W, X, Y)
+        W = W - eta * (g if A is None else g @ A.transpose(-1, -2))
+        out.append(W)
+    return torch.stack(out)
+
+
+def gd_iterates(X: Tensor, Y: Tensor, *, eta: float, steps: int) -> Float[Tensor, "k batch o d"]:
+    """All iterates `W_0 = 0, ..., W_steps` of full-batch GD `W <- W - eta grad L(W)` on the half-MSE
+    loss (von Oswald et al. 2023, §2): `[steps + 1, batch, d_out, d]`; entry k equals
+    `gd(X, Y, eta=eta, steps=k)`."""
+    check_regression_inputs(X, Y)
+    return _gd_path(X, Y, _finite("eta", eta), _check_steps(steps))
+
+
+def preconditioned_gd_iterates(
+    X: Tensor, Y: Tensor, *, preconditioner: Tensor, steps: int
+) -> Float[Tensor, "k batch o d"]:
+    """All iterates of preconditioned GD with one preconditioner `A [d, d]` for every step,
+    `w <- w - A grad L(w)` (half MSE; Ahn et al. 2023, Lemma 1, with `A = -Q`): entry k equals
+    `preconditioned_gd(X, Y, preconditioners=[A] * k)`."""
+    check_regression_inputs(X, Y)
+    d = X.shape[2]
+    A = torch.as_tensor(preconditioner, dtype=X.dtype, device=X.device)
+    if A.shape != (d, d) or not torch.isfinite(A).all():
+        raise IclgdError(f"preconditioner must be a finite [d, d] = [{d}, {d}] matrix")
+    return _gd_path(X, Y, 1.0, _check_steps(steps), A)
+
+
+def _gdpp_path(X: Tensor, Y: Tensor, etas: Sequence[Any], gammas: Sequence[Any]) -> Tensor:
+    """Effective GD++ weights after each layer (see `gdpp_iterates`)."""
+    batch, n, d = X.shape
+    T = torch.eye(d, dtype=X.dtype, device=X.device).expand(batch, d, d)
+    W = X.new_zeros(batch, Y.shape[2], d)
+    out = [W]
+    for eta, gamma in zip(etas, gammas, strict=True):
+        ctx = X @ T  # the preconditioned context inputs, one row per point
+        resid = Y - torch.einsum("bod,bnd->bno", W, X)
+        dW = torch.einsum("bno,bnd->bod", resid, ctx) * (eta / n)
+        W = W + dW @ T.transpose(1, 2)
+        T = T - gamma * T @ (ctx.transpose(1, 2) @ ctx)
+        out.append(W)
+    return torch.stack(out)
+
+
+def gdpp_iterates(
+    X: Tensor, Y: Tensor, *, etas: Sequence[float], gammas: Sequence[float]
+) -> Float[Tensor, "k batch o d"]:
+    """GD++ (von Oswald et al. 2023, §4) as effective weights after each layer, `[L + 1, batch,
+    d_out, d]`; `gdpp_predict` with the first k `(eta, gamma)` equals `iterates[k] x_q`.
+
+    GD++ keeps every prediction linear in its input: with the accumulated input transform `T_l`
+    (`x_j <- T_l^T x_j`, `T_0 = I`, `T_{l+1} = T_l (I - gamma_l C_l)`, `C_l = sum_i T_l^T x_i
+    x_i^T T_l`), layer l adds `Delta W_l T_l^T` to the effective weights, `Delta W_l = (eta_l / n)
+    sum_i (y_i - W x_i) (T_l^T x_i)^T`.
+    """
+    check_regression_inputs(X, Y)
+    etas = per_layer("eta", etas, len(list(etas)))
+    return _gdpp_path(X, Y, etas, per_layer("gamma", gammas, len(etas)))
+
+
+def _newton_path(X: Tensor, Y: Tensor, steps: int, alpha_scale: Any = 1.0) -> Tensor:
+    S = X.transpose(1, 2) @ X
+    alpha = alpha_scale / torch.linalg.matrix_norm(S @ S.transpose(1, 2), ord=2)
+    M = alpha[:, None, None] * S
+    XtY = X.transpose(1, 2) @ Y  # [batch, d, d_out]
+    out = []
+    for k in range(steps + 1):
+        out.append((M @ XtY).transpose(1, 2))
+        if k < steps:
+            M = 2 * M - M @ S @ M
+    return torch.stack(out)
+
+
+def newton_iterates(
+    X: Tensor, Y: Tensor, *, steps: int, alpha_scale: float = 1.0
+) -> Float[Tensor, "k batch o d"]:
+    """Iterative Newton's method for least squares (Fu, Chen, Jia, Sharan 2024, §3; the
+    Newton-Schulz iteration for `S^+`), `[steps + 1, batch, d_out, d]`:
+
+    `S = X^T X`, `M_0 = alpha S`, `M_{k+1} = 2 M_k - M_k S M_k`, `w_k = M_k X^T y`, with
+    `alpha = alpha_scale / ||S S^T||_2`. The iteration converges (quadratically, to the
+    minimum-norm least-squares weights) for `0 < alpha_scale < 2`. Fu et al. write
+    `alpha = 2 / ||S S^T||_2`, the edge of that range: there the top eigendirection's error
+    `1 - alpha lambda_max^2 = -1` squares to 1 and, in exact arithmetic, never decays (in
+    float64 only after about 50 steps). The default `alpha_scale = 1` removes that direction's
+    error at step 0; pass 2 for the literal formula.
+    """
+    check_regression_inputs(X, Y)
+    scale = _finite("alpha_scale", alpha_scale)
+    if not 0 < scale <= 2:
+        raise IclgdError(f"alpha_scale must be in (0, 2] for Newton to converge, got {scale}")
+    return _newton_path(X, Y, _check_steps(steps), scale)
+
+
+def ridge_path(X: Tensor, Y: Tensor, lams: Sequence[float]) -> Float[Tensor, "k batch o d"]:
+    """`ridge(X, Y, lam=l)` for every `l` in `lams`, stacked: `[len(lams), batch, d_out, d]`
+    (Akyürek et al. 2023's ridge family; `least_squares` is the `lam -> 0` end)."""
+    check_regression_inputs(X, Y)
+    if not lams:
+        raise IclgdError("ridge_path needs at least one lambda")
+    return torch.stack([ridge(X, Y, lam=float(lam)) for lam in lams])

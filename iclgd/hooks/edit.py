@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from iclgd.errors import IclgdError
+from iclgd.hooks.precision import is_reduced, widen
 from iclgd.hooks.weights import hf_state_dict
 
 M = TypeVar("M", bound=nn.Module)
@@ -70,6 +71,16 @@ def _live(model: nn.Module, names: Mapping[str, Tensor], what: str) -> dict[str,
     return live
 
 
+def _add_rounded_once(weight: Tensor, d: Tensor) -> None:
+    """`weight += d` in place; for bf16/fp16 weights `W + ΔW` is summed in float32 and rounded
+    once to the weight's dtype (rounding ΔW first would lose updates below the weight's ulp)."""
+    if is_reduced(weight.dtype):
+        wide = widen(weight)
+        weight.copy_(wide + d.to(wide.device, wide.dtype))
+    else:
+        weight.add_(d.to(weight.device, weight.dtype))
+
+
 @contextmanager
 def finetuned(model: M, delta: Delta | None) -> Iterator[M]:
     """Run `model` with `W_before + ΔW` inside the block, then restore its weights exactly.
@@ -97,7 +108,7 @@ def finetuned(model: M, delta: Delta | None) -> Iterator[M]:
     try:
         with torch.no_grad():
             for name, d in tensors.items():
-                live[name].add_(d.to(live[name].device, live[name].dtype))
+                _add_rounded_once(live[name], d)
         refresh_split_weights(model)
         yield model
     finally:

@@ -25,6 +25,7 @@ from iclgd.hooks.named_models import (
     is_named_model,
     named_model_provenance,
 )
+from iclgd.hooks.placement import placement_kwargs
 from iclgd.results import read_json
 from iclgd.specs import (
     CHECKPOINT_RE,
@@ -78,6 +79,9 @@ def load_model(
     device: str | torch.device | None = "auto",
     dtype: str | torch.dtype | None = None,
     checkpoint: str | int | None = None,
+    device_map: str | Mapping[str, Any] | None = None,
+    max_memory: Mapping[Any, Any] | None = None,
+    offload_folder: str | os.PathLike[str] | None = None,
 ) -> TransformerBridge:
     """Load a model as a TransformerLens `TransformerBridge` in eval mode, raw weights.
 
@@ -93,6 +97,9 @@ def load_model(
         checkpoint: for a checkpoint-series folder, a label (`"step1000"`) or an index
             (`-1` = last); for Pythia / stanford-crfm hub names, a label (`"step1000"`, passed
             as `checkpoint_value`) or an int index (`checkpoint_index`).
+        device_map, max_memory, offload_folder: a model larger than one device, spread over
+            several (and CPU/disk offload) by Hugging Face / accelerate, for folders and hub
+            names (`iclgd.hooks.placement`); `device` is then ignored.
 
     Returns:
         The bridge, with `cfg.iclgd_source`, `cfg.iclgd_checkpoint`, `cfg.iclgd_processing` and
@@ -112,6 +119,11 @@ def load_model(
 
     dev = resolve_device(device)
     dt = resolve_dtype(dtype)
+    place = placement_kwargs(dev, device_map, max_memory,
+                             None if offload_folder is None else str(offload_folder))
+    if "device_map" in place and not isinstance(spec, str | os.PathLike):
+        raise IclgdError("device_map/max_memory apply to models loaded from a folder or a hub "
+                         "name; dispatch an in-memory model with accelerate yourself")
     if isinstance(spec, TransformerBridgeConfig | Mapping):
         if checkpoint is not None:
             raise IclgdError("checkpoint= is not supported for native (config-built) models")
@@ -127,34 +139,36 @@ def load_model(
         )
     path = Path(spec).expanduser()
     if is_named_model(spec) and not path.exists():
-        return _load_named(str(spec).lower(), dev, dt, checkpoint)
+        return _load_named(str(spec).lower(), dev, dt, checkpoint, place)
     if path.exists():
-        return _load_local(path, dev, dt, checkpoint)
-    return _load_hub(str(spec), dev, dt, checkpoint)
+        return _load_local(path, dev, dt, checkpoint, place)
+    return _load_hub(str(spec), dev, dt, checkpoint, place)
 
 
 def _load_local(
-    path: Path, dev: torch.device, dt: torch.dtype, checkpoint: str | int | None
+    path: Path, dev: torch.device, dt: torch.dtype, checkpoint: str | int | None,
+    place: dict[str, Any],
 ) -> TransformerBridge:
     check_model_folder(path)
     if is_checkpoint_series(path):
         label, _step, folder = select_checkpoint(list_checkpoints(path), checkpoint, path)
-        return _boot_folder(folder, dev, dt, label)
+        return _boot_folder(folder, dev, dt, label, place)
     if checkpoint is not None:
         raise IclgdError(
             f"{path} is a single model folder, not a checkpoint series: drop --checkpoint "
             "or pass the series folder that holds step{N}/ subfolders"
         )
-    return _boot_folder(path, dev, dt, None)
+    return _boot_folder(path, dev, dt, None, place)
 
 
 def _load_named(
-    name: str, dev: torch.device, dt: torch.dtype, checkpoint: str | int | None
+    name: str, dev: torch.device, dt: torch.dtype, checkpoint: str | int | None,
+    place: dict[str, Any],
 ) -> TransformerBridge:
     if checkpoint is not None:
         raise IclgdError(f"{name} is a single model, not a checkpoint series: drop --checkpoint")
     folder = converted_folder(name)
-    bridge = _boot_folder(folder, dev, dt, None)
+    bridge = _boot_folder(folder, dev, dt, None, place)
     bridge.cfg.iclgd_source = name
     bridge.cfg.iclgd_weights = {**named_model_provenance(folder), "folder": str(folder)}
     return bridge
@@ -168,7 +182,8 @@ def _quiet_transformers() -> None:
 
 
 def _boot_folder(
-    folder: Path, dev: torch.device, dt: torch.dtype, label: str | None
+    folder: Path, dev: torch.device, dt: torch.dtype, label: str | None,
+    place: dict[str, Any] | None = None,
 ) -> TransformerBridge:
     from transformer_lens.model_bridge import TransformerBridge
 
@@ -177,7 +192,7 @@ def _boot_folder(
     with nullcontext(None) if has_tokenizer else id_tokenizer(_vocab_size(folder)) as tokenizer:
         try:
             bridge = TransformerBridge.boot_transformers(
-                str(folder), device=str(dev), dtype=dt, tokenizer=tokenizer
+                str(folder), dtype=dt, tokenizer=tokenizer, **(place or {"device": str(dev)})
             )
         except Exception as err:  # corrupt weights, unsupported architecture, bad config
             raise IclgdError(f"cannot load the model in {folder}: {first_line(err)}") from err
@@ -205,7 +220,8 @@ def _boot_module(hf_model: PreTrainedModel, dev: torch.device, dt: torch.dtype) 
 
 
 def _load_hub(
-    name: str, dev: torch.device, dt: torch.dtype, checkpoint: str | int | None
+    name: str, dev: torch.device, dt: torch.dtype, checkpoint: str | int | None,
+    place: dict[str, Any],
 ) -> TransformerBridge:
     from transformer_lens.model_bridge import TransformerBridge
 
@@ -231,7 +247,7 @@ def _load_hub(
             f"(`huggingface-cli download {name}`) and copy the cache here, or pass a local folder"
         )
     try:
-        bridge = TransformerBridge.boot_transformers(name, device=str(dev), dtype=dt, **kwargs)
+        bridge = TransformerBridge.boot_transformers(name, dtype=dt, **place, **kwargs)
     except Exception as err:  # network, missing revision, unsupported architecture, ...
         raise IclgdError(
             f"cannot load model {name!r}: {first_line(err)} (unknown model? pass a local "
@@ -263,7 +279,7 @@ def check_finite(model: torch.nn.Module, where: str) -> None:
     """Raise `IclgdError` naming the first parameter holding NaN or inf."""
     hf = getattr(model, "original_model", model)
     for name, p in hf.named_parameters():
-        if not torch.isfinite(p).all():
+        if not p.is_meta and not torch.isfinite(p).all():  # meta: offloaded to disk
             clean = name.replace("._original_component", "")
             raise IclgdError(f"{where} has non-finite weights (NaN/inf) in {clean}: "
                              "the checkpoint is corrupt or diverged")

@@ -257,6 +257,20 @@ def hf_parameter_name(gguf_name: str) -> str:
     return f"{_GGUF_TO_HF[stem]}.{kind}"
 
 
+# iclgd's weight views (`attention_weights` / `mlp_weights`) → the Llama parameter they read
+_VIEW_TO_LLAMA = {
+    "W_Q": "self_attn.q_proj", "W_K": "self_attn.k_proj", "W_V": "self_attn.v_proj",
+    "W_O": "self_attn.o_proj", "W_in": "mlp.up_proj", "W_gate": "mlp.gate_proj",
+    "W_out": "mlp.down_proj",
+}
+
+
+def grid_of_view(grid: dict[str, dict[str, Any]], layer: int, view: str) -> dict[str, Any] | None:
+    """The block-step record of weight view `view` (`W_Q`, ..., `W_out`) of `layer`, or None."""
+    suffix = _VIEW_TO_LLAMA.get(view)
+    return None if suffix is None else grid.get(f"model.layers.{layer}.{suffix}.weight")
+
+
 def named_model_provenance(folder: Path) -> dict[str, Any]:
     """The conversion record of a converted folder (empty for any other folder)."""
     marker = Path(folder) / CONVERSION_FILE

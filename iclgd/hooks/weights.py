@@ -30,6 +30,7 @@ from iclgd.hooks.layouts import (
     mlp_params,
 )
 from iclgd.hooks.layouts import layer_layout as _layout_of
+from iclgd.hooks.placement import check_in_memory
 from iclgd.hooks.types import AttentionWeights, MLPWeights
 
 
@@ -38,10 +39,13 @@ def hf_state_dict(model: nn.Module) -> dict[str, Tensor]:
 
     For a TransformerBridge this strips the bridge's wrapper segments (`._original_component`)
     and drops the aliases it adds (`attn.q`, `mlp.in`, ...), keeping exactly the keys the
-    plain HF class has: what `save_pretrained` would export.
+    plain HF class has: what `save_pretrained` would export. Raises `IclgdError` when weights
+    are offloaded to disk (`iclgd.hooks.placement`).
     """
     hf = getattr(model, "original_model", model)
     raw = hf.state_dict(keep_vars=False)
+    if any(v.is_meta for v in raw.values()):
+        check_in_memory(model, "this analysis")
     clean = {k.replace("._original_component", ""): v for k, v in raw.items()
              if k != "_original_component" and not k.startswith("_original_component.")}
     keys = _canonical_keys(hf)

@@ -25,7 +25,11 @@ kv, layer-causal, wv-layer). Conventions:
   smaller); full-batch methods take all demonstrations in one step per epoch;
 - SGD: `W ← W − lr · g`; Adam: torch.optim.Adam's defaults (β = 0.9, 0.999, ε = 1e-8, bias
   corrected, no weight decay); fused q/k/v tensors are trained through a gradient mask, so the
-  untrained rows of a `WeightDelta` are exactly zero.
+  untrained rows of a `WeightDelta` are exactly zero;
+- a bfloat16/float16 model is finetuned in mixed precision (Micikevicius et al. 2018, "Mixed
+  precision training"): float32 master copies of the trained tensors take the updates (and hold
+  Adam's moments), the forward pass casts them to the model's dtype, the loss is computed in
+  float32; the `WeightDelta` is float32.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from torch.func import grad_and_value, vmap
 
 from iclgd.data.tasks import TokenizedDemos, stack_demos
 from iclgd.errors import IclgdError
+from iclgd.hooks.precision import wide_dtype, widen
 from iclgd.hooks.weights import hf_module
 from iclgd.probes.finetune_methods import (
     layer_causal_hooks,
@@ -241,7 +246,9 @@ def _train(
     masks = trainable_parameters(hf, spec, layer)
     named = dict(hf.named_parameters())
     frozen = {n: p.detach() for n, p in named.items() if n not in masks}
-    init = {n: named[n].detach() for n in masks}
+    # bf16/fp16 models train float32 master copies of the trained tensors (mixed precision)
+    init = {n: widen(named[n].detach()) for n in masks}
+    run_dtype = {n: named[n].dtype for n in masks}
     params = {n: p.expand(n_tasks, *p.shape).clone() if batched else p.clone()
               for n, p in init.items()}
     state = {n: (torch.zeros_like(p), torch.zeros_like(p)) for n, p in params.items()} \
@@ -254,7 +261,7 @@ def _train(
         hooks = layer_causal_hooks(hf) if spec.layer_causal else nullcontext(None)
         with torch.random.fork_rng(devices=[]), hooks as collected:
             torch.set_rng_state(rng)
-            step_fn = grad_and_value(make_loss(hf, frozen, collected))
+            step_fn = grad_and_value(_in_run_dtype(make_loss(hf, frozen, collected), run_dtype))
             if batched:
                 step_fn = vmap(step_fn)
             for idx in batches:
@@ -281,6 +288,19 @@ def _train(
                             per_step[t].tolist())
                 for t in range(n_tasks)
             ])
+
+
+def _in_run_dtype(
+    loss: Callable[..., Tensor], dtypes: dict[str, torch.dtype]
+) -> Callable[..., Tensor]:
+    """`loss` with the (float32 master) trainable tensors cast to the model's own dtypes."""
+    if all(dtypes[n] == wide_dtype(dtypes[n]) for n in dtypes):
+        return loss
+
+    def cast(trainable: dict[str, Tensor], *args: Tensor) -> Tensor:
+        return loss({n: p.to(dtypes[n]) for n, p in trainable.items()}, *args)
+
+    return cast
 
 
 def _update(

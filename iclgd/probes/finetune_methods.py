@@ -35,6 +35,7 @@ from torch.func import functional_call
 
 from iclgd.errors import IclgdError
 from iclgd.hooks.layouts import AttentionParams, attention_params, final_norm
+from iclgd.hooks.precision import widen
 from iclgd.hooks.weights import layer_layout
 
 
@@ -116,14 +117,15 @@ def _part_masks(
 def masked_ce(logits: Tensor, tokens: Tensor, target: Tensor) -> Tensor:
     """Mean next-token cross-entropy over the target positions: token `t` is predicted by the
     logits at `t - 1`; `target [b, seq]` marks the tokens that count. Shapes `logits [b, seq,
-    vocab]`, `tokens [b, seq]`."""
-    lp = torch.log_softmax(logits[:, :-1], dim=-1)
+    vocab]`, `tokens [b, seq]`. Computed in at least float32 (`iclgd.hooks.precision`)."""
+    lp = torch.log_softmax(widen(logits[:, :-1]), dim=-1)  # float32 at least (bf16 models)
     ce = -lp.gather(-1, tokens[:, 1:, None])[..., 0]
     m = target[:, 1:].to(ce.dtype)
     return (ce * m).sum() / m.sum()
 
 
-def _decoder_layers(hf: nn.Module) -> nn.ModuleList:
+def decoder_layers(hf: nn.Module) -> nn.ModuleList:
+    """The HF model's decoder layers (the `ModuleList` at its layout's layer prefix)."""
     layers = hf.get_submodule(layer_layout(hf).layer_prefix.rstrip("."))
     if not isinstance(layers, nn.ModuleList):
         raise IclgdError(f"the decoder layers of {type(hf).__name__} are not a ModuleList")
@@ -143,7 +145,7 @@ def layer_causal_hooks(hf: nn.Module) -> Iterator[list[Tensor]]:
     """Hooks for Deutch's layer-causal GD on an HF decoder: each layer's input is detached and
     each layer's output is read out through the final norm + unembedding. Yields the list the
     per-layer logits are appended to (cleared by the caller before each forward)."""
-    layers = _decoder_layers(hf)
+    layers = decoder_layers(hf)
     norm, unembed = final_norm(hf), _output_embeddings(hf)
     collected: list[Tensor] = []
 

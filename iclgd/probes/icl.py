@@ -6,6 +6,9 @@
 - `icl_score` (Olsson et al. 2022, "In-context Learning and Induction Heads"): loss at a late token minus loss at an early
   token of the same context, averaged over sequences. Negative = the model predicts better with
   more context. Default positions are 50/512 and 500/512 of the model's context `n_ctx`.
+- `icl_gain`: accuracy at the most demonstrations minus accuracy at the fewest (Xie et al.
+  2022: in-context learning is accuracy rising with n), with its standard error and 95 % Wald
+  interval; ICL has *emerged* when the interval's lower bound is above 0.
 
 Both read only the logits at the needed positions through `iclgd.hooks.capture` (no full
 activation cache), in batches.
@@ -23,6 +26,7 @@ from jaxtyping import Int
 from torch import Tensor
 
 from iclgd.errors import IclgdError
+from iclgd.hooks.batching import BatchSize, model_device, run_batched
 from iclgd.hooks.capture import capture
 from iclgd.hooks.names import act_name
 
@@ -96,32 +100,101 @@ def binomial_se(p: float, count: int) -> float:
     return math.sqrt(max(p * (1.0 - p), 0.0) / count)
 
 
+Z_95 = 1.959963984540054  # two-sided 95 % normal quantile
+
+
+@dataclass(frozen=True)
+class IclGain:
+    """Accuracy gain from `n_from` to `n_to` demonstrations (fractions), its SE and 95 % interval.
+
+    `emerged` is True when `ci95_low > 0`: the gain is distinguishable from no gain.
+    """
+
+    n_from: int
+    n_to: int
+    gain: float
+    se: float
+    ci95_low: float
+    ci95_high: float
+    emerged: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"n_from": self.n_from, "n_to": self.n_to, "gain": self.gain, "gain_se": self.se,
+                "gain_ci95_low": self.ci95_low, "gain_ci95_high": self.ci95_high,
+                "icl_emerged": self.emerged}
+
+
+def icl_gain(
+    accuracy: Mapping[Any, float], se: Mapping[Any, float], *, n_from: int | None = None,
+    n_to: int | None = None,
+) -> IclGain:
+    """In-context gain `acc(n_to) - acc(n_from)` from per-n accuracies and their standard errors.
+
+    Keys of `accuracy` / `se` are n (int or str, as in JSON rows); defaults: the fewest and the
+    most demonstrations present. The accuracies at different n are measured on independent
+    prompt sets, so `SE = sqrt(se_from**2 + se_to**2)` (difference of two independent binomial
+    proportions) and the 95 % Wald interval is `gain +- 1.96 SE`; `emerged = lower bound > 0`.
+    """
+    acc = {int(n): float(v) for n, v in accuracy.items()}
+    err = {int(n): float(v) for n, v in se.items()}
+    if not acc:
+        raise IclgdError("icl_gain needs accuracies for at least two values of n")
+    lo = min(acc) if n_from is None else int(n_from)
+    hi = max(acc) if n_to is None else int(n_to)
+    missing = [n for n in (lo, hi) if n not in acc or n not in err]
+    if missing or lo == hi:
+        raise IclgdError(
+            f"icl_gain needs accuracy and SE at two different n; got n={sorted(acc)}, asked "
+            f"{lo} -> {hi}"
+        )
+    gain = acc[hi] - acc[lo]
+    gain_se = math.sqrt(err[lo] ** 2 + err[hi] ** 2)
+    low, high = gain - Z_95 * gain_se, gain + Z_95 * gain_se
+    return IclGain(lo, hi, gain, gain_se, low, high, bool(low > 0.0))
+
+
+def gain_verdict(gain: Mapping[str, Any], context: str = "") -> str:
+    """One line for a user: the gain (`IclGain.to_dict()` form) in points with SE and 95 %
+    interval, and whether ICL emerged; `context` names the prompt set."""
+    where = f", {context}" if context else ""
+    text = (f"ICL gain n = {gain['n_from']} -> {gain['n_to']}{where}: "
+            f"{100 * gain['gain']:+.1f} points (SE {100 * gain['gain_se']:.1f}, 95 % CI "
+            f"{100 * gain['gain_ci95_low']:+.1f} to {100 * gain['gain_ci95_high']:+.1f}): ")
+    if gain["icl_emerged"]:
+        return text + "ICL emerged (lower 95 % bound above 0)"
+    return text + ("ICL did NOT emerge (gain not distinguishable from 0); comparisons of ICL "
+                   "with GD on this model compare against no in-context learning")
+
+
 def _last_hook(model: Any) -> str:
     return act_name("resid_post", int(model.cfg.n_layers) - 1)
 
 
 def predictions_at(
     model: Any, tokens: Int[Tensor, "batch pos"], positions: Int[Tensor, " batch"], *,
-    batch_size: int = 64,
+    batch_size: BatchSize = 64,
 ) -> Int[Tensor, " batch"]:
     """Top-1 next-token prediction (argmax over the full vocabulary) at one position per row.
 
-    Runs `capture(..., positions=<one per row>, return_logits=True)` in batches: only the logits
-    at the answer positions leave the model.
+    Runs `capture(..., positions=<one per row>, return_logits=True)` in batches (`batch_size`
+    an int, or `"auto"`/`AutoBatch`: halved on GPU out-of-memory): only the logits at the
+    answer positions leave the model.
     """
-    out = []
-    for lo in range(0, tokens.shape[0], batch_size):
-        rows = tokens[lo: lo + batch_size]
-        pos = positions[lo: lo + batch_size]
+
+    def step(lo: int, hi: int) -> Tensor:
+        pos = positions[lo:hi]
         # trim right padding beyond the last answer position of this batch
-        rows = rows[:, : int(pos.max()) + 1]
+        rows = tokens[lo:hi, : int(pos.max()) + 1]
         got = capture(model, rows, [_last_hook(model)], positions=pos, return_logits=True)
-        out.append(got["logits"].argmax(dim=-1))
-    return torch.cat(out)
+        return got["logits"].argmax(dim=-1)
+
+    return torch.cat(run_batched(tokens.shape[0], batch_size, step, default=64,
+                                 device=model_device(model), what="ICL accuracy"))
 
 
 def icl_accuracy(
-    model: Any, prompts: Mapping[int, IclPrompts] | Iterable[IclPrompts], *, batch_size: int = 64,
+    model: Any, prompts: Mapping[int, IclPrompts] | Iterable[IclPrompts], *,
+    batch_size: BatchSize = 64,
 ) -> IclAccuracy:
     """ICL accuracy by number of demonstrations (Xie et al. 2022; Shen et al. 2024's accuracy reading).
 
@@ -129,7 +202,7 @@ def icl_accuracy(
         model: a TransformerBridge (any model `iclgd.hooks.capture` accepts with token ids).
         prompts: `IclPrompts` per n (a mapping n → prompts, or an iterable; several sets with the
             same n are pooled).
-        batch_size: prompts per forward pass.
+        batch_size: prompts per forward pass, or `"auto"` (halved on GPU out-of-memory).
 
     Returns:
         `IclAccuracy`: for each n the fraction of prompts whose argmax next token at the answer
@@ -183,7 +256,7 @@ def default_icl_positions(n_ctx: int) -> tuple[int, int]:
 
 def icl_score(
     model: Any, tokens: Int[Tensor, "batch pos"], early: int | None = None, late: int | None = None,
-    *, batch_size: int = 32,
+    *, batch_size: BatchSize = 32,
 ) -> IclScore:
     """ICL score of Olsson et al. 2022: loss at a late token minus loss at an early token.
 
@@ -210,21 +283,21 @@ def icl_score(
             f"({tokens.shape[1]}); got early={early}, late={late}: pass longer sequences or "
             "smaller positions"
         )
-    diffs, lo_e, lo_l = [], [], []
-    for lo in range(0, tokens.shape[0], batch_size):
-        rows = tokens[lo: lo + batch_size, : late + 1]
+
+    def step(lo: int, hi: int) -> Tensor:
+        rows = tokens[lo:hi, : late + 1]
         got = capture(model, rows, [_last_hook(model)], positions=[early - 1, late - 1],
                       return_logits=True)
         logp = torch.log_softmax(got["logits"].to(torch.float64), dim=-1)  # [b, 2, vocab]
         target = rows[:, [early, late]].unsqueeze(-1)
-        loss = -logp.gather(-1, target).squeeze(-1)  # [b, 2]
-        lo_e.append(loss[:, 0])
-        lo_l.append(loss[:, 1])
-        diffs.append(loss[:, 1] - loss[:, 0])
-    d = torch.cat(diffs)
+        return -logp.gather(-1, target).squeeze(-1)  # [b, 2]
+
+    loss = torch.cat(run_batched(tokens.shape[0], batch_size, step, default=32,
+                                 device=model_device(model), what="ICL score"))
+    d = loss[:, 1] - loss[:, 0]
     n = d.numel()
     se = float(d.std(unbiased=True) / math.sqrt(n)) if n > 1 else float("nan")
-    return IclScore(float(d.mean()), se, float(torch.cat(lo_e).mean()), float(torch.cat(lo_l).mean()),
+    return IclScore(float(d.mean()), se, float(loss[:, 0].mean()), float(loss[:, 1].mean()),
                     early, late, n_ctx, n)
 
 

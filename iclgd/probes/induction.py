@@ -38,6 +38,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from iclgd.errors import IclgdError
+from iclgd.hooks.batching import BatchSize, model_device, run_batched
 from iclgd.hooks.capture import capture
 from iclgd.hooks.names import act_names
 from iclgd.hooks.weights import attention_weights
@@ -144,7 +145,7 @@ def copying_scores(
 
 def induction_scores(
     model: Any, *, seq_len: int | None = None, n_seqs: int = 16, seed: int = 0,
-    batch_size: int = 16, n_copy_tokens: int = 256,
+    batch_size: BatchSize = 16, n_copy_tokens: int = 256,
 ) -> InductionScores:
     """Prefix-matching and copying scores of every head (Olsson et al. 2022; module docstring).
 
@@ -165,12 +166,17 @@ def induction_scores(
         raise IclgdError(f"2 * seq_len = {2 * seq_len} exceeds the model's context n_ctx={n_ctx}: pass a smaller seq_len")
     tokens = repeated_random_tokens(n_seqs, seq_len, d_vocab, seed)
     names = act_names("pattern", n_layers)
-    sums = torch.zeros(n_layers, int(model.cfg.n_heads), dtype=torch.float64)
-    for lo in range(0, n_seqs, batch_size):
-        rows = tokens[lo: lo + batch_size]
+
+    def step(lo: int, hi: int) -> Tensor:
+        rows = tokens[lo:hi]
         got = capture(model, rows, names, positions=slice(seq_len, 2 * seq_len))
-        for layer, name in enumerate(names):
-            sums[layer] += prefix_matching_from_patterns(got[name], seq_len) * rows.shape[0]
+        return torch.stack([prefix_matching_from_patterns(got[name], seq_len) * rows.shape[0]
+                            for name in names])
+
+    sums = torch.zeros(n_layers, int(model.cfg.n_heads), dtype=torch.float64)
+    for part in run_batched(n_seqs, batch_size, step, default=16, device=model_device(model),
+                            what="induction scores"):
+        sums += part
     prefix = sums / n_seqs
     eig, top1 = copying_scores(model, n_copy_tokens=n_copy_tokens, seed=seed)
     return InductionScores(prefix, eig, top1, int(seq_len), int(n_seqs), int(seed),

@@ -8,6 +8,8 @@ Each row also reports the ideal in-context learner's accuracy on the same prompt
 independent segments, infers the concept) and the Bayes-optimal pretraining LM's accuracy
 (`pretrained_lm_accuracy`: the prompt read as one document under the pretraining mixture, with
 transitions smoothed by 0.1; the reference a well-fitted pretrained model can be compared to).
+`icl_gain_summary` turns the rows into the in-context gain from the fewest to the most examples
+per prompt set, with its standard error and whether ICL emerged (`iclgd.probes.icl.icl_gain`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import numpy as np
 from iclgd.data.ginc_bayes import accuracy_with_se, ideal_accuracy, pretrained_lm_accuracy
 from iclgd.data.ginc_hmm import GincWorld
 from iclgd.data.ginc_prompts import sample_prompts
+from iclgd.probes.icl import icl_gain
 
 LogitsFn = Callable[[Any], Any]  # tokens [batch, pos] (torch long) -> logits [batch, vocab]
 
@@ -81,3 +84,15 @@ def evaluate_icl(
                 world, prompts, "in")
         rows.append(row)
     return rows
+
+
+def icl_gain_summary(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per prompt set (`"in"` / `"out"` concepts) of `evaluate_icl` rows: the accuracy gain from
+    the fewest to the most examples (`icl_gain`: gain, gain_se, 95 % interval, icl_emerged;
+    fractions in 0..1) with the set's k and prompts per n."""
+    out: dict[str, dict[str, Any]] = {}
+    for concepts in dict.fromkeys(r["concepts"] for r in rows):
+        part = [r for r in rows if r["concepts"] == concepts]
+        gain = icl_gain({r["n"]: r["accuracy"] for r in part}, {r["n"]: r["se"] for r in part})
+        out[concepts] = {"k": part[0]["k"], "n_prompts": part[0]["n_prompts"], **gain.to_dict()}
+    return out

@@ -78,6 +78,16 @@ def test_rows_and_drift(series, swept):
     p = r["icl_accuracy"]["1"]
     assert se == pytest.approx(math.sqrt(p * (1 - p) / 12), abs=1e-12)
     assert rows[0]["bayes_accuracy"] == rows[2]["bayes_accuracy"]  # same prompts every checkpoint
+    se0, se4 = r["icl_accuracy_se"]["0"], r["icl_accuracy_se"]["4"]
+    assert r["icl_gain"] == pytest.approx(r["icl_accuracy"]["4"] - r["icl_accuracy"]["0"], abs=1e-12)
+    assert r["icl_gain_se"] == pytest.approx(math.hypot(se0, se4), abs=1e-12)
+    assert r["icl_gain_n"] == [0, 4] and r["icl_emerged"] == (r["icl_gain_ci95_low"] > 0)
+    assert r["icl_accuracy_by_task"]["ginc_in_k3"]["gain"]["gain"] == r["icl_gain"]
+    from iclgd.analyses.sweep import last_checkpoint_verdict
+
+    verdict = last_checkpoint_verdict(rows)
+    assert verdict.startswith("step50: ICL gain n = 0 -> 4, ginc_in_k3:")
+    assert ("ICL emerged" in verdict) == rows[2]["icl_emerged"]
     from iclgd.data.ginc import GincConfig, build_world, pretrained_lm_accuracy, sample_prompts
 
     world = build_world(GincConfig())

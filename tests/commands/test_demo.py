@@ -13,6 +13,7 @@ def test_demo_quick_end_to_end_and_resume(tmp_path, capsys):
                     "Weight density", "Constructions (audit)"):
         assert section in report
     assert "_missing_" not in report
+    assert "ICL gain n = 0 -> 8, ginc_in_k3" in report  # the sweep's verdict, emerged or not
     for f in ("sweep/rows.jsonl", "compare/compare.json", "order/order.json",
               "density/density.json", "audit/audit.json"):
         assert (out / f).exists(), f

@@ -94,3 +94,19 @@ def test_copy_model_and_write_weights_leave_the_original_alone(neox):
     assert all(torch.equal(before[k], v) for k, v in hf_state_dict(neox).items())
     with pytest.raises(IclgdError, match="lacks"):
         write_weights(clone, {"no.such.weight": torch.zeros(1)})
+
+
+def test_bf16_weights_get_w_plus_delta_rounded_once_and_exact_restore(tiny_models):
+    model = load_model(tiny_models["neox"], device="cpu", dtype="bfloat16")
+    name = FUSED
+    live = hf_state_dict(model)[name]
+    before = live.clone()
+    # a float32 ΔW on the weights' scale: rounding ΔW to bf16 first, then the sum, rounds twice
+    delta = 0.02 * torch.randn(live.shape, generator=torch.Generator().manual_seed(0))
+    expect = (before.float() + delta).to(torch.bfloat16)
+    with finetuned(model, {name: delta}):
+        inside = hf_state_dict(model)[name].clone()
+    assert inside.dtype == torch.bfloat16
+    assert torch.equal(inside, expect)
+    assert not torch.equal(expect, before + delta.to(torch.bfloat16))  # the rule matters here
+    assert torch.equal(hf_state_dict(model)[name], before)

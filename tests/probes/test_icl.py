@@ -13,7 +13,9 @@ from iclgd.hooks import load_model
 from iclgd.probes.icl import (
     IclPrompts,
     default_icl_positions,
+    gain_verdict,
     icl_accuracy,
+    icl_gain,
     icl_score,
     stack_prompts,
 )
@@ -84,3 +86,26 @@ def test_errors(neox):
     too_long = IclPrompts.last_token(1, torch.zeros(1, 65, dtype=torch.long), torch.tensor([0]))
     with pytest.raises(IclgdError, match="n_ctx"):
         icl_accuracy(bridge, [too_long])
+
+
+def test_icl_gain_by_hand():
+    # 0.40 (SE 0.03) -> 0.55 (SE 0.04): gain 0.15, SE 0.05, lower bound 0.15 - 1.96 * 0.05 > 0
+    g = icl_gain({"0": 0.40, "4": 0.47, "32": 0.55}, {"0": 0.03, "4": 0.02, "32": 0.04})
+    assert (g.n_from, g.n_to) == (0, 32)
+    assert g.gain == pytest.approx(0.15, abs=1e-12) and g.se == pytest.approx(0.05, abs=1e-12)
+    assert g.ci95_low == pytest.approx(0.15 - 1.959963984540054 * 0.05, abs=1e-12)
+    assert g.ci95_high == pytest.approx(0.15 + 1.959963984540054 * 0.05, abs=1e-12)
+    assert g.emerged
+    # 0.40 -> 0.45 with the same SEs: lower bound 0.05 - 0.098 < 0, not emerged
+    small = icl_gain({0: 0.40, 32: 0.45}, {0: 0.03, 32: 0.04})
+    assert small.ci95_low == pytest.approx(0.05 - 1.959963984540054 * 0.05, abs=1e-12)
+    assert not small.emerged
+    mid = icl_gain({0: 0.40, 4: 0.47, 32: 0.55}, {0: 0.03, 4: 0.02, 32: 0.04}, n_to=4)
+    assert mid.gain == pytest.approx(0.07, abs=1e-12) and mid.se == pytest.approx(math.sqrt(0.0013))
+    assert "ICL emerged" in gain_verdict(g.to_dict(), "in:3")
+    assert "+15.0 points (SE 5.0" in gain_verdict(g.to_dict())
+    assert "did NOT emerge" in gain_verdict(small.to_dict())
+    with pytest.raises(IclgdError, match="two different n"):
+        icl_gain({0: 0.5}, {0: 0.1})
+    with pytest.raises(IclgdError, match="two different n"):
+        icl_gain({0: 0.5, 4: 0.6}, {0: 0.1, 4: 0.1}, n_to=8)

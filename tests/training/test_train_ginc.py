@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 
 import numpy as np
 import pytest
@@ -163,7 +164,25 @@ def test_cli_trains_and_evaluates(tmp_path, capsys):
         rows = list(csv.DictReader(fh))
     assert len(rows) == 14 and {r["concepts"] for r in rows} == {"in", "out"}
     assert all(0.0 <= float(r["pretrained_bayes_accuracy"]) <= 1.0 for r in rows)
-    assert "accuracy" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "accuracy" in printed
+    report = json.loads((tmp_path / "icl_eval.json").read_text())
+    acc = {(r["concepts"], int(r["n"])): (float(r["accuracy"]), float(r["se"])) for r in rows}
+    for concepts in ("in", "out"):
+        g = report["icl_gain"][concepts]
+        (a0, s0), (a32, s32) = acc[(concepts, 0)], acc[(concepts, 32)]
+        assert (g["n_from"], g["n_to"], g["k"], g["n_prompts"]) == (0, 32, 3, 10)
+        assert g["gain"] == pytest.approx(a32 - a0, abs=1e-12)
+        assert g["gain_se"] == pytest.approx(math.hypot(s0, s32), abs=1e-12)
+        assert g["icl_emerged"] == (g["gain_ci95_low"] > 0)
+    assert report["icl_emerged"] == report["icl_gain"]["in"]["icl_emerged"]
+    last_line = printed.strip().splitlines()[-1]
+    assert last_line.startswith("ICL gain n = 0 -> 32, in-distribution k = 3, 10 prompts per n")
+    assert ("ICL emerged" in last_line) == report["icl_emerged"]
+    det = report["provenance"]["train"]["determinism"]
+    assert det["threads"] == 1 and det["deterministic_algorithms"] is True
+    assert det["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert not torch.are_deterministic_algorithms_enabled()  # restored after training
 
 
 def test_time_budget_run_stops_and_checkpoints(tmp_path):
