@@ -42,7 +42,7 @@ demo: setup
 	$(VENV)/bin/iclgd demo --out $(RUNS)/demo
 
 bench: setup
-	$(PY) bench/run_all.py
+	$(VENV)/bin/iclgd bench
 
 clean:
 	rm -rf $(VENV) $(RUNS)

@@ -17,4 +17,5 @@ COMMAND_MODULES = (
     "demo",
     "layers",
     "tasks",
+    "bench",
 )

@@ -1,0 +1,246 @@
+"""Timing and peak-memory helpers shared by the benchmarks.
+
+Time (`interleaved`): the variants run in rounds, each round calling every variant once in
+turn, so a machine whose load changes during the run slows every variant alike; a ratio is the
+median over rounds of the per-round ratio, its spread the lowest and highest per-round ratio.
+On CPU the clock is the process's CPU time (user + system, `time.process_time`): on a shared
+machine it does not count the time other processes hold the cores. On CUDA it is wall time
+between `torch.cuda.synchronize()` calls.
+
+Peak memory (`peak_memory`): measured in one fresh Python process per benchmark, never in the
+benchmark process itself (whose heap holds whatever earlier work freed).
+- CUDA: the caching allocator's own counters, `torch.cuda.max_memory_allocated()` after
+  `reset_peak_memory_stats()`, minus `memory_allocated()` before the pass.
+- CPU: the kernel's resident-set high-water mark. The process starts with glibc's malloc
+  thresholds fixed (`MALLOC_MMAP_THRESHOLD_` = `MALLOC_TRIM_THRESHOLD_` = 128 KiB), so every
+  large block is its own `mmap` and goes back to the kernel when freed: resident memory then
+  follows the live tensors instead of a heap that only grows. `iclgd.runtime.keep_freed_memory()`
+  (which the `iclgd` command applies for speed) is *not* applied there, being the opposite
+  setting. Before each pass the high-water mark is reset (`/proc/self/clear_refs` ← 5, Linux
+  ≥ 4.0) and `VmRSS` read; peak = `VmHWM` after the pass minus that level.
+Each variant first runs once unmeasured (lazy initialisation, first-call buffers), then
+`rounds` measured passes, variants interleaved. `calibration()` checks the method against
+tensors of known size (the bench prints it as a row: measured / allocated ≈ 1).
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+FIXED_MALLOC = {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"}
+
+
+@dataclass(frozen=True)
+class Samples:
+    """Repeated measurements of one variant (seconds or bytes), in round order."""
+
+    values: tuple[float, ...]
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.values)
+
+
+def ratio_stats(ours: Samples, base: Samples) -> tuple[float, float, float]:
+    """(median, min, max) over rounds of the per-round ratio ours / base."""
+    r = [a / b if b > 0 else float("inf") for a, b in zip(ours.values, base.values, strict=True)]
+    return statistics.median(r), min(r), max(r)
+
+
+def _sync(device: str) -> None:
+    if str(device).startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def interleaved(
+    fns: Mapping[str, Callable[[], Any]], rounds: int, device: str = "cpu", warmup: int = 1
+) -> dict[str, Samples]:
+    """Seconds per call of each variant (module docstring): `warmup` unmeasured rounds, then
+    `rounds` rounds calling every variant once in turn."""
+    cuda = str(device).startswith("cuda")
+    clock = time.perf_counter if cuda else time.process_time
+    out: dict[str, list[float]] = {k: [] for k in fns}
+    for r in range(warmup + rounds):
+        for name, fn in fns.items():
+            _sync(device)
+            t0 = clock()
+            fn()
+            _sync(device)
+            if r >= warmup:
+                out[name].append(clock() - t0)
+    return {k: Samples(tuple(v)) for k, v in out.items()}
+
+
+# ----------------------------------------------------------------------------- memory
+
+
+def _status_bytes(key: str) -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"/proc/self/status has no {key}")
+
+
+def _reset_high_water() -> None:
+    with open("/proc/self/clear_refs", "w") as fh:
+        fh.write("5")
+
+
+def _one_pass(fn: Callable[[], Any], device: str) -> int:
+    gc.collect()
+    if str(device).startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        result = fn()
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated() - base
+    else:
+        _reset_high_water()
+        base = _status_bytes("VmRSS")
+        result = fn()
+        peak = _status_bytes("VmHWM") - base
+    del result
+    return peak
+
+
+def measure_in_process(setup: str, kwargs: dict[str, Any], rounds: int, device: str) -> dict[str, list[int]]:
+    """Peak bytes of each variant `setup(**kwargs)` returns (`"module:function"` → `{name:
+    callable}`), one warm-up pass each, then `rounds` interleaved passes. Runs where called:
+    `peak_memory` calls it in a fresh process."""
+    module, _, func = setup.partition(":")
+    fns = getattr(importlib.import_module(module), func)(**kwargs)
+    for fn in fns.values():
+        _one_pass(fn, device)
+    out: dict[str, list[int]] = {k: [] for k in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            out[name].append(_one_pass(fn, device))
+    return out
+
+
+def peak_memory(setup: str, kwargs: dict[str, Any], rounds: int, device: str) -> dict[str, Samples]:
+    """`measure_in_process` in a fresh Python process with glibc's thresholds fixed (module
+    docstring); bytes per pass for each variant."""
+    request = json.dumps({"setup": setup, "kwargs": kwargs, "rounds": rounds, "device": device})
+    env = {**os.environ, **FIXED_MALLOC}
+    done = subprocess.run([sys.executable, "-m", "iclgd.bench.measure", request], env=env,
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"memory measurement {setup} failed:\n{done.stderr[-3000:]}")
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    return {k: Samples(tuple(float(x) for x in v)) for k, v in got.items()}
+
+
+def calibration_setup(mib: int = 64) -> dict[str, Callable[[], Any]]:
+    """Two known allocations: one tensor of `mib` MiB, and three of `mib` MiB alive together."""
+    import torch
+
+    n = mib * 2**20 // 4
+
+    def one() -> Any:
+        return torch.ones(n)
+
+    def three() -> Any:
+        a, b = torch.ones(n), torch.ones(n)
+        return a + b  # a, b and the sum alive at once
+
+    return {"one": one, "three": three}
+
+
+# ----------------------------------------------------------------------------- recording work
+
+
+@dataclass(frozen=True)
+class Call:
+    """One forward call of a Hugging Face language model: token shape, grad mode, vmap batch size."""
+
+    shape: tuple[int, ...]
+    grad: bool
+    vmapped: int = 1
+
+
+@contextmanager
+def record_lm_calls() -> Iterator[list[Call]]:
+    """Record every forward call of a Hugging Face language model (a `PreTrainedModel` with an
+    output head) inside the block, through a global forward pre-hook: what a plain Hugging Face
+    replay of the same work must run."""
+    import torch
+    from torch._C import _functorch as ft
+    from transformers import PreTrainedModel
+
+    calls: list[Call] = []
+
+    def hook(module: Any, args: tuple) -> None:
+        if not args or not isinstance(module, PreTrainedModel) \
+                or module.get_output_embeddings() is None:  # only the LM with its head
+            return
+        x = args[0]
+        if not isinstance(x, torch.Tensor):
+            return
+        vmapped, inner = 1, x
+        while ft.is_functorch_wrapped_tensor(inner):  # grad / vmap levels
+            bdim = ft.maybe_get_bdim(inner) if ft.is_batchedtensor(inner) else -1
+            inner = ft.get_unwrapped(inner)
+            vmapped *= inner.shape[bdim] if bdim >= 0 else 1
+        calls.append(Call(tuple(x.shape), torch.is_grad_enabled(), vmapped))
+
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(hook)
+    try:
+        yield calls
+    finally:
+        handle.remove()
+
+
+def plain_replay(hf: Any, calls: list[Call], vocab: int, seed: int = 0) -> Callable[[], None]:
+    """The recorded work as plain Hugging Face calls on `hf`, on random tokens of the same
+    shapes: a no-grad call → `hf(tokens, use_cache=False)`; a grad call (a finetuning step) →
+    forward, next-token cross-entropy and `backward()` once per vmapped task. Gradients flow
+    to every parameter (a method that trains fewer tensors does less weight-gradient work)."""
+    import torch
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(seed)
+    device = next(hf.parameters()).device
+    work = [(torch.randint(0, vocab, c.shape, generator=g).to(device), c) for c in calls]
+
+    def run() -> None:
+        for tokens, c in work:
+            if not c.grad:
+                with torch.no_grad():
+                    hf(tokens, use_cache=False)
+                continue
+            for _ in range(c.vmapped):
+                logits = hf(tokens, use_cache=False).logits[:, :-1]
+                F.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                                tokens[:, 1:].reshape(-1)).backward()
+                hf.zero_grad(set_to_none=True)
+
+    return run
+
+
+def main() -> None:  # fresh-process entry of `peak_memory`
+    request = json.loads(sys.argv[1])
+    got = measure_in_process(request["setup"], request["kwargs"], request["rounds"],
+                             request["device"])
+    print(json.dumps(got))
+
+
+if __name__ == "__main__":
+    main()
