@@ -33,8 +33,10 @@ test: setup
 test-all: setup
 	$(PY) -m pytest -q
 
+# ruff on everything; mypy on the public API (files and strictness in pyproject.toml [tool.mypy])
 lint: setup
 	$(VENV)/bin/ruff check iclgd tests bench
+	$(VENV)/bin/mypy
 
 demo: setup
 	$(VENV)/bin/iclgd demo --out $(RUNS)/demo

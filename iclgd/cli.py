@@ -15,7 +15,7 @@ import traceback
 from collections.abc import Sequence
 
 from iclgd.commands import COMMAND_MODULES
-from iclgd.errors import IclgdError
+from iclgd.errors import IclgdError, first_line
 from iclgd.runtime import keep_freed_memory
 
 
@@ -46,8 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except IclgdError as err:
         if os.environ.get("ICLGD_DEBUG"):
             raise
-        msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        print(f"iclgd {args.command}: error: {msg}", file=sys.stderr)
+        print(f"iclgd {args.command}: error: {first_line(err)}", file=sys.stderr)
         return 2
     except Exception:  # not bad input: a bug, shown as one
         traceback.print_exc()

@@ -58,66 +58,22 @@ from iclgd.analyses.runs import (
     run_icl,
     run_zero_shot,
 )
-from iclgd.analyses.scratch import ScratchModel
 from iclgd.errors import IclgdError
 from iclgd.hooks.batching import BatchSize
 from iclgd.probes import metrics
+from iclgd.probes.finetune_methods import METHODS as METHOD_SPECS
 
-METHODS = ("gd", "sgd", "adam", "kv", "layer-causal", "wv-layer")
-DEFAULT_LR = {
-    "gd": 1e-2,
-    "sgd": 1e-2,
-    "adam": 1e-3,
-    "kv": 1e-2,
-    "layer-causal": 1e-2,
-    "wv-layer": 1e-2,
-}
-SUMMARY_METRICS = (
-    "accuracy_zs",
-    "accuracy_icl",
-    "accuracy_ft",
-    "token_overlap",
-    "overlap_cosine",
-    "token_overlap_floor",
-    "overlap_cosine_floor",
-    "rec2ftp",
-    "simaou_norm",
-    "simaou_raw",
-    "simaou_random_norm",
-    "simaou_random_raw",
-    "simam_before",
-    "simam_after",
-    "simam_delta",
-    "kendall_tau",
-    "kendall_tau_random",
-    "topk_recall_tokens",
-    "topk_recall_tokens_random",
-    "kendall_tau_examples",
-    "kendall_tau_examples_random",
-    "topk_recall_examples",
-    "topk_recall_examples_random",
-    "kendall_tau_dual_form",
-    "n_f2t",
-    "simaou_norm_f2t",
-    "simaou_raw_f2t",
-    "simaou_random_norm_f2t",
-    "simaou_random_raw_f2t",
-    "simam_before_f2t",
-    "simam_after_f2t",
-    "simam_delta_f2t",
-)
+DEFAULT_LR = {m: spec.lr for m, spec in METHOD_SPECS.items()}  # untuned, per method
 
 
 def check_methods(methods: Sequence[str]) -> list[str]:
     """The methods, validated against `iclgd.probes.finetune_methods.METHODS`."""
-    from iclgd.probes.finetune_methods import METHODS as KNOWN
-
     out = [m.strip() for m in methods if m.strip()]
     if not out:
-        raise IclgdError(f"no finetuning method given: use some of {', '.join(KNOWN)}")
+        raise IclgdError(f"no finetuning method given: use some of {', '.join(METHOD_SPECS)}")
     for m in out:
-        if m not in KNOWN:
-            raise IclgdError(f"unknown finetuning method {m!r}: use one of {', '.join(KNOWN)}")
+        if m not in METHOD_SPECS:
+            raise IclgdError(f"unknown finetuning method {m!r}: use one of {', '.join(METHOD_SPECS)}")
     return out
 
 
@@ -316,7 +272,6 @@ def compare_model(
     for per-query statistics such as standard errors without capturing again."""
     n_layers = int(model.cfg.n_layers)
     wv_layer = n_layers // 2 if wv_layer is None else wv_layer
-    scratch = ScratchModel(model)
     rows: list[dict[str, Any]] = []
 
     def add(n: int, method: str, metric: str, value: Any, layer: int | None = None) -> None:
@@ -364,8 +319,7 @@ def compare_model(
                 model, prompts, method, lr=lr[method], epochs=epochs, seed=seed, layer=wv_layer
             )
             shared = deltas[0] if len(deltas) == 1 and not prompts.per_query_demos else deltas
-            ft = run_finetuned(model, prompts, shared, scratch=scratch, kendall=True,
-                               batch_size=batch_size)
+            ft = run_finetuned(model, prompts, shared, kendall=True, batch_size=batch_size)
             check_finite(ft, f"{method} finetuning (lr={lr[method]}, N={n})")
             for metric, value in output_metrics(zs, icl, ft, top_k=top_k).items():
                 add(n, method, metric, value)

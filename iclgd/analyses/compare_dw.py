@@ -29,8 +29,10 @@ import torch
 from torch import Tensor
 
 from iclgd.analyses.runs import PromptSet
-from iclgd.analyses.scratch import delta_tensors
-from iclgd.hooks import attention_weights, capture, hf_state_dict
+from iclgd.hooks.capture import capture
+from iclgd.hooks.edit import delta_tensors
+from iclgd.hooks.names import act_names
+from iclgd.hooks.weights import attention_weights, hf_state_dict
 from iclgd.probes.delta_w import FactoredDelta, compare_delta_w, keys_values
 
 DW_RANK = 4
@@ -38,7 +40,7 @@ DW_RANK = 4
 
 def _layer_inputs(model: Any, tokens: Tensor, lengths: Tensor, n_layers: int) -> list[Tensor]:
     """`blocks.{l}.attn.hook_in` of every prompt, `[batch, pos, d_model]` per layer (float64)."""
-    names = [f"blocks.{layer}.attn.hook_in" for layer in range(n_layers)]
+    names = act_names("attn.hook_in", n_layers)
     got = capture(model, tokens[:, : int(lengths.max())], names)
     return [got[n].double() for n in names]
 
@@ -129,10 +131,3 @@ class DeltaWComparison:
                     value = math.exp(value)
                 out.append({"metric": f"dw_{key}", "layer": layer, "value": value})
         return out
-
-
-def delta_w_rows(
-    model: Any, prompts: PromptSet, deltas: Sequence[Any], *, rank: int = DW_RANK
-) -> list[dict[str, Any]]:
-    """`DeltaWComparison(model, prompts, rank=rank).rows(deltas)` (one method)."""
-    return DeltaWComparison(model, prompts, rank=rank).rows(deltas)

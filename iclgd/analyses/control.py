@@ -23,16 +23,14 @@ checkpoint into a freshly built model. The caller's model is not modified. Two i
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from iclgd.analyses.scratch import ScratchModel
 from iclgd.errors import IclgdError
-from iclgd.hooks import hf_module
-from iclgd.hooks.weights import layer_layout
+from iclgd.hooks.edit import copy_model, write_weights
+from iclgd.hooks.weights import hf_module, layer_layout
 
 _NORM_MARKERS = ("norm", "ln_", "ln1", "ln2", "layernorm")
 INITS = ("normal", "default")
@@ -114,14 +112,9 @@ def untrained_control(model: Any, *, seed: int = 0, init: str = "normal") -> Any
     (`init`: "normal" or "default", see the module docstring) and embeddings, norms and
     unembedding kept. Provenance fields are copied; `cfg.iclgd_control = "untrained"`,
     `cfg.iclgd_control_seed` and `cfg.iclgd_control_init` (`describe_init`) are set."""
-    scratch = ScratchModel(model)
-    control = scratch.load_params(untrained_params(model, seed=seed, init=init))
+    control = copy_model(model)
+    write_weights(control, untrained_params(model, seed=seed, init=init))
     control.cfg.iclgd_control = "untrained"
     control.cfg.iclgd_control_seed = seed
     control.cfg.iclgd_control_init = describe_init(model, seed=seed, init=init)
     return control
-
-
-def changed_parameters(before: Mapping[str, Tensor], after: Mapping[str, Tensor]) -> list[str]:
-    """Names whose tensors differ between two HF-named state dicts (same keys)."""
-    return [n for n in before if not torch.equal(before[n], after[n])]

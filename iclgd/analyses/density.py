@@ -1,4 +1,5 @@
-"""Per-layer weight density of a model (Shen et al., 2024, §3.2: the weight-density test).
+"""Per-layer weight density of a model (the weight-density test of Shen, Mishra &
+Khashabi 2024, §3.2).
 
 Reads raw weights (`iclgd.hooks.attention_weights` / `mlp_weights`): no LayerNorm folding, no
 centering, so the numbers describe the checkpoint as stored.

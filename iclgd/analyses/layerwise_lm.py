@@ -30,11 +30,11 @@ from torch import Tensor
 from iclgd.analyses.compare import finetune_prompts, random_order
 from iclgd.analyses.layerwise_results import LensResult
 from iclgd.analyses.runs import DEFAULT_BATCH, PromptSet
-from iclgd.analyses.scratch import ScratchModel
 from iclgd.data.tasks import TokenizedTask
-from iclgd.hooks import hf_module
+from iclgd.hooks import finetuned, hf_module
+from iclgd.hooks.layouts import final_norm
 from iclgd.probes import metrics
-from iclgd.probes.finetune_methods import _decoder_layers, _final_norm
+from iclgd.probes.finetune_methods import decoder_layers
 
 FT_METHODS = ("layer-causal", "gd")
 READOUT = "unembed(final_norm(h_l)) at the answer position, h_l = decoder layer l's output"
@@ -44,7 +44,7 @@ READOUT = "unembed(final_norm(h_l)) at the answer position, h_l = decoder layer 
 def lens_logits(model: Any, tokens: Tensor, positions: Tensor) -> Tensor:
     """Logit-lens logits `[batch, n_layers, d_vocab]` at one position per row (module docstring)."""
     hf = hf_module(model)
-    norm, unembed = _final_norm(hf), hf.get_output_embeddings()
+    norm, unembed = final_norm(hf), hf.get_output_embeddings()
     rows = torch.arange(tokens.shape[0])
     got: list[Tensor] = []
 
@@ -52,7 +52,7 @@ def lens_logits(model: Any, tokens: Tensor, positions: Tensor) -> Tensor:
         h = output[0] if isinstance(output, tuple) else output
         got.append(h[rows, positions.to(h.device)])
 
-    handles = [layer.register_forward_hook(hook) for layer in _decoder_layers(hf)]
+    handles = [layer.register_forward_hook(hook) for layer in decoder_layers(hf)]
     try:
         device = next(hf.parameters()).device
         hf(tokens.to(device), use_cache=False)
@@ -72,16 +72,17 @@ def lens_run(model: Any, task: TokenizedTask, *, batch_size: int = DEFAULT_BATCH
     return torch.cat(parts)
 
 
-def finetuned_lens(model: Any, prompts: PromptSet, deltas: Sequence[Any],
-                   scratch: ScratchModel) -> Tensor:
-    """Lens logits of the ZS prompts on the finetuned model (one delta shared, or one per query)."""
-    try:
-        if not prompts.per_query_demos:
-            return lens_run(scratch.load(deltas[0]), prompts.zs)
-        return torch.cat([lens_run(scratch.load(d), prompts.subset([row]).zs)
-                          for row, d in enumerate(deltas)])
-    finally:
-        scratch.load(None)
+def finetuned_lens(model: Any, prompts: PromptSet, deltas: Sequence[Any]) -> Tensor:
+    """Lens logits of the ZS prompts on the finetuned model (one delta shared, or one per
+    query), each run inside `iclgd.hooks.finetuned` (the model's weights restored exactly)."""
+    if not prompts.per_query_demos:
+        with finetuned(model, deltas[0]) as ft:
+            return lens_run(ft, prompts.zs)
+    parts = []
+    for row, d in enumerate(deltas):
+        with finetuned(model, d) as ft:
+            parts.append(lens_run(ft, prompts.subset([row]).zs))
+    return torch.cat(parts)
 
 
 def lens_rows(label: str, n: int, lens: dict[str, Tensor], answer_ids: Tensor,
@@ -115,7 +116,6 @@ def lens_model(model: Any, prompt_sets: dict[int, PromptSet], *, label: str, lr:
                methods: Sequence[str] = FT_METHODS) -> list[dict[str, Any]]:
     """Rows of one model over every N (module docstring)."""
     gen = torch.Generator().manual_seed(seed)
-    scratch = ScratchModel(model)
     rows: list[dict[str, Any]] = []
     zs = None
     for n, prompts in sorted(prompt_sets.items()):
@@ -124,7 +124,7 @@ def lens_model(model: Any, prompt_sets: dict[int, PromptSet], *, label: str, lr:
                 "icl-reordered": lens_run(model, prompts.reordered(random_order(n, gen)).icl)}
         for method in methods:
             deltas = finetune_prompts(model, prompts, method, lr=lr, epochs=epochs, seed=seed)
-            lens[method] = finetuned_lens(model, prompts, deltas, scratch)
+            lens[method] = finetuned_lens(model, prompts, deltas)
         rows += lens_rows(label, n, lens, prompts.icl.answer_ids, top_k)
     return rows
 

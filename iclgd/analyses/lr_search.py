@@ -19,7 +19,6 @@ import torch
 
 from iclgd.analyses.compare import finetune_prompts
 from iclgd.analyses.runs import PromptSet, RunCapture, run_finetuned
-from iclgd.analyses.scratch import ScratchModel
 from iclgd.errors import IclgdError
 
 # Plain (S)GD moves a pretrained LM only at much larger rates than Adam, whose steps are
@@ -58,14 +57,13 @@ def search_learning_rates(
     """
     n_layers = int(model.cfg.n_layers)
     layer = n_layers // 2 if wv_layer is None else wv_layer
-    scratch = ScratchModel(model)
     chosen: dict[str, float] = {}
     rows: list[dict[str, Any]] = []
     for method in methods:
         grid = list((grids or {}).get(method, default_grid(method)))
         scored = []
         for lr in grid:
-            acc, logp, diverged = _try(model, prompts, method, lr, epochs, seed, layer, scratch)
+            acc, logp, diverged = _try(model, prompts, method, lr, epochs, seed, layer)
             rows.append({"method": method, "lr": lr, "epochs": epochs,
                          "n_demos": prompts.demos.n_demos, "heldout_accuracy": acc,
                          "heldout_logprob": logp, "diverged": diverged, "chosen": False})
@@ -83,14 +81,14 @@ def search_learning_rates(
 
 
 def _try(model: Any, prompts: PromptSet, method: str, lr: float, epochs: int, seed: int,
-         layer: int, scratch: ScratchModel) -> tuple[float, float, bool]:
+         layer: int) -> tuple[float, float, bool]:
     try:
         deltas = finetune_prompts(model, prompts, method, lr=lr, epochs=epochs, seed=seed,
                                   layer=layer)
     except IclgdError:  # non-finite loss or gradient: this rate diverges
         return float("nan"), float("nan"), True
     shared = deltas if prompts.per_query_demos else deltas[0]
-    run = run_finetuned(model, prompts, shared, scratch=scratch)
+    run = run_finetuned(model, prompts, shared)
     if not torch.isfinite(run.logits).all():
         return float("nan"), float("nan"), True
     acc, logp = heldout_scores(run)

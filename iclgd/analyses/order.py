@@ -1,6 +1,8 @@
-"""Order sensitivity of ICL vs GD variants over finetuning epochs (Shen et al. 2024, REFERENCE §4).
+"""Order sensitivity of ICL vs GD variants over finetuning epochs (Shen, Mishra &
+Khashabi 2024).
 
-Reconstruction (fixed in REFERENCE §4 and `iclgd.probes.metrics.order_sensitivity`): for each
+Reconstruction (fixed in `iclgd.probes.metrics.order_sensitivity`; the paper's text was
+unavailable): for each
 query and each of P orderings of the same N demonstrations take the next-token distribution at
 the answer position; per vocabulary entry the population std (ddof = 0) over the orderings,
 summed over the vocabulary; averaged over queries.
@@ -27,7 +29,6 @@ import torch
 from torch import Tensor
 
 from iclgd.analyses.runs import DEFAULT_BATCH, PromptSet, run_finetuned, run_icl
-from iclgd.analyses.scratch import ScratchModel
 from iclgd.data.tasks import TokenizedDemos
 from iclgd.errors import IclgdError
 from iclgd.hooks.batching import BatchSize
@@ -100,13 +101,12 @@ def ft_distributions(
     epochs: int,
     seed: int = 0,
     layer: int | None = None,
-    scratch: ScratchModel | None = None,
 ) -> Tensor:
     """Next-token distributions `[P, batch, d_vocab]` of the model finetuned (`method`, `epochs`)
     on the demonstrations in each ordering, run zero-shot on the queries. All orderings (and
     queries, for per-query demonstrations) are trained in one `finetune_batched` call."""
     return ft_distributions_by_epoch(model, prompts, orders, method, lr=lr, epochs=[epochs],
-                                     seed=seed, layer=layer, scratch=scratch)[epochs]
+                                     seed=seed, layer=layer)[epochs]
 
 
 def ft_distributions_by_epoch(
@@ -119,7 +119,6 @@ def ft_distributions_by_epoch(
     epochs: Sequence[int],
     seed: int = 0,
     layer: int | None = None,
-    scratch: ScratchModel | None = None,
     batch_size: BatchSize = DEFAULT_BATCH,
 ) -> dict[int, Tensor]:
     """`ft_distributions` after each epoch count in `epochs`, `{e: [P, batch, d_vocab]}`, from
@@ -127,7 +126,6 @@ def ft_distributions_by_epoch(
     a separate run of that length; only one snapshot's deltas are held at a time)."""
     from iclgd.probes.finetune import WeightDelta, finetune_batched_epochs
 
-    scratch = scratch or ScratchModel(model)
     n = len(prompts)
     out: dict[int, Tensor] = {}
 
@@ -135,9 +133,7 @@ def ft_distributions_by_epoch(
         dists = []
         for p in range(len(orders)):
             d = deltas[p * n : (p + 1) * n] if prompts.per_query_demos else deltas[p]
-            dists.append(
-                run_finetuned(model, prompts, d, scratch=scratch, batch_size=batch_size).probs
-            )
+            dists.append(run_finetuned(model, prompts, d, batch_size=batch_size).probs)
         out[e] = torch.stack(dists)
 
     finetune_batched_epochs(
@@ -180,7 +176,6 @@ def order_experiment(
     "" and epoch 0). `batch_size`: prompts per forward pass, or "auto"."""
     orders = orderings(prompts.icl.n_demos, n_perms, seed=seed)
     wv_layer = int(model.cfg.n_layers) // 2 if wv_layer is None else wv_layer
-    scratch = ScratchModel(model)
     base = {"model": label, "n_demos": prompts.icl.n_demos, "n_perms": n_perms}
     mean, se = _summary(icl_distributions(model, prompts, orders, batch_size=batch_size))
     rows = [
@@ -190,7 +185,7 @@ def order_experiment(
     for method in methods:
         by_epoch = ft_distributions_by_epoch(
             model, prompts, orders, method, lr=lr[method], epochs=grid, seed=seed,
-            layer=wv_layer, scratch=scratch, batch_size=batch_size,
+            layer=wv_layer, batch_size=batch_size,
         )
         for e in grid:
             mean, se = _summary(by_epoch[e])

@@ -26,9 +26,9 @@ position (the last prompt token, whose logits predict the answer) of, per layer 
   of the training-token attention);
 - the next-token logits.
 
-FT runs use a private copy of the model (`ScratchModel`) into which `W_before + ΔW` are loaded
-as Hugging Face-named weights, so the caller's model is never touched, the hook names are the
-bridge's own, and a zero delta reproduces `run_zero_shot` bit for bit.
+FT runs add `ΔW` to the model's Hugging Face-named weights for the duration of the run
+(`iclgd.hooks.finetuned`, which copies the original tensors back bit for bit afterwards), so the
+hook names are the bridge's own and a zero delta reproduces `run_zero_shot` bit for bit.
 """
 
 from __future__ import annotations
@@ -41,11 +41,12 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from iclgd.analyses.scratch import ScratchModel
 from iclgd.data.tasks import TokenizedDemos, TokenizedTask
 from iclgd.errors import IclgdError
-from iclgd.hooks import capture
 from iclgd.hooks.batching import BatchSize, model_device, run_batched
+from iclgd.hooks.capture import capture, stack_layers
+from iclgd.hooks.edit import finetuned
+from iclgd.hooks.names import act_name
 
 DEFAULT_BATCH = 32
 
@@ -221,21 +222,9 @@ def reorder_demonstrations(task: TokenizedTask, order: Sequence[int] | Tensor) -
 
 # ----------------------------------------------------------------------------- capture
 def _names(n_layers: int, *, pattern: bool, attn_in: bool, queries: bool = False) -> list[str]:
-    names = []
-    for layer in range(n_layers):
-        names += [f"blocks.{layer}.hook_attn_out", f"blocks.{layer}.attn.hook_attn_scores"]
-        if pattern:
-            names.append(f"blocks.{layer}.attn.hook_pattern")
-        if attn_in:
-            names.append(f"blocks.{layer}.ln1.hook_out")
-        if queries:
-            names.append(f"blocks.{layer}.attn.hook_q")
-    return names
-
-
-def _layers(got: dict[str, Tensor], name: str, n_layers: int) -> Tensor:
-    """`got[blocks.{l}.{name}]` stacked over layers on axis 1."""
-    return torch.stack([got[f"blocks.{i}.{name}"] for i in range(n_layers)], 1)
+    hooks = ["attn_out", "scores", *(["pattern"] if pattern else []),
+             *(["ln1"] if attn_in else []), *(["q"] if queries else [])]
+    return [act_name(h, layer) for layer in range(n_layers) for h in hooks]
 
 
 def _demo_range(task: TokenizedTask) -> tuple[Tensor, int]:
@@ -287,8 +276,8 @@ def run_prompts(
             positions=task.answer_pos[rows],
             return_logits=True,
         )
-        chunk["out"] = _layers(got, "hook_attn_out", n_layers)
-        scores = _layers(got, "attn.hook_attn_scores", n_layers)
+        chunk["out"] = stack_layers(got, "attn_out", n_layers)
+        scores = stack_layers(got, "scores", n_layers)
         # query token j of row b sits at answer_pos - query_len + 1 + j
         offs = torch.arange(q_max)
         first = task.answer_pos[rows] - query_len[rows] + 1
@@ -297,15 +286,15 @@ def run_prompts(
         picked = scores.gather(-1, pos[:, None, None, :].expand(*scores.shape[:3], q_max))
         chunk["scores"] = torch.where(keep[:, None, None, :], picked, torch.zeros_like(picked))
         if demo_attention:
-            pat = _layers(got, "attn.hook_pattern", n_layers)
+            pat = stack_layers(got, "pattern", n_layers)
             dpos = starts[rows, None] + torch.arange(n_demo_tok)[None, :]
             didx = dpos[:, None, None, :].expand(*pat.shape[:3], n_demo_tok)
             chunk["pattern"] = pat.gather(-1, didx)
             chunk["demo_scores"] = scores.gather(-1, didx)
         if attn_in:
-            chunk["in"] = _layers(got, "ln1.hook_out", n_layers)
+            chunk["in"] = stack_layers(got, "ln1", n_layers)
         if queries:
-            chunk["q"] = _layers(got, "attn.hook_q", n_layers).flatten(-2)
+            chunk["q"] = stack_layers(got, "q", n_layers).flatten(-2)
         chunk["logits"] = got["logits"]
         return chunk
 
@@ -356,21 +345,20 @@ def run_finetuned(
     prompts: PromptSet,
     delta: Any | Sequence[Any],
     *,
-    scratch: ScratchModel | None = None,
     kendall: bool = False,
     batch_size: BatchSize = DEFAULT_BATCH,
 ) -> RunCapture:
-    """FT: the ZS prompts on the model with the finetuning update added (caller's model intact).
+    """FT: the ZS prompts on the model with the finetuning update added (`iclgd.hooks.finetuned`:
+    the model's weights are restored exactly afterwards).
 
     `delta` is one `WeightDelta` (or `{hf_name: ΔW}` mapping) shared by every query, or a
     sequence of one per query (per-query demonstrations, e.g. GINC), run one query at a time.
-    Pass a `ScratchModel` built once from `model` to reuse its copy across calls. `kendall`
-    also keeps the finetuned model's attention inputs and query projections at the answer
-    position (`attn_in`, `query_q`) and at its training tokens (`demo_inputs`, `demo_queries`). With a zero delta the result equals `run_zero_shot`
-    exactly (for per-query deltas: `run_zero_shot(..., batch_size=1)`; other batch sizes agree
+    `kendall` also keeps the finetuned model's attention inputs and query projections at the
+    answer position (`attn_in`, `query_q`) and at its training tokens (`demo_inputs`,
+    `demo_queries`). `batch_size`: prompts per forward pass, or "auto" (`iclgd.hooks.batching`).
+    With a zero delta the result equals `run_zero_shot` exactly (for per-query deltas: `run_zero_shot(..., batch_size=1)`; other batch sizes agree
     to float rounding).
     """
-    scratch = scratch or ScratchModel(model)
     per_query = isinstance(delta, Sequence) and not isinstance(delta, Mapping)
     if per_query and len(delta) != len(prompts):
         raise IclgdError(f"{len(delta)} deltas for {len(prompts)} queries: pass one per query")
@@ -382,27 +370,17 @@ def run_finetuned(
         else [(d, prompts.subset([row])) for row, d in enumerate(delta)]
     )
     runs = []
-    try:
-        for d, sub in groups:
-            ft_model = scratch.load(d)
-            run = run_prompts(
-                ft_model,
-                sub.zs,
-                sub.query_len,
-                setting="ft",
-                attn_in=kendall,
-                queries=kendall,
-                batch_size=batch_size,
-            )
+    for d, sub in groups:
+        with finetuned(model, d) as ft_model:
+            run = run_prompts(ft_model, sub.zs, sub.query_len, setting="ft", attn_in=kendall,
+                              queries=kendall, batch_size=batch_size)
             if kendall:
                 acts = demo_activations(ft_model, sub.demos, DEMO_HOOKS, batch_size=batch_size)
-                if sub.demos.tokens.ndim == 2:  # shared: [n_layers, n_tok, d] for every query
-                    acts = {k: v.expand(len(sub), *v.shape) for k, v in acts.items()}
-                run = replace(run, demo_inputs=acts["ln1.hook_out"],
-                              demo_queries=acts["attn.hook_q"])
-            runs.append(run)
-    finally:
-        scratch.load(None)
+        if kendall:
+            if sub.demos.tokens.ndim == 2:  # shared: [n_layers, n_tok, d] for every query
+                acts = {k: v.expand(len(sub), *v.shape) for k, v in acts.items()}
+            run = replace(run, demo_inputs=acts["ln1.hook_out"], demo_queries=acts["attn.hook_q"])
+        runs.append(run)
     return concat_runs(runs)
 
 
@@ -463,13 +441,13 @@ def demo_activations(
     lead = demos.tokens.shape[:-2]
     flat_tok = demos.tokens.reshape(-1, demos.tokens.shape[-1])
     flat_valid = demos.valid.reshape(-1, demos.tokens.shape[-1])
-    names = [f"blocks.{i}.{h}" for h in hooks for i in range(n_layers)]
+    names = [act_name(h, i) for h in hooks for i in range(n_layers)]
 
     def step(lo: int, hi: int) -> dict[str, Tensor]:
         got = capture(model, flat_tok[lo:hi], names)
         out: dict[str, Tensor] = {}
         for h in hooks:  # [b, n_layers, seq, d]
-            act = _layers(got, h, n_layers)
+            act = stack_layers(got, h, n_layers)
             out[h] = act.flatten(3) if act.ndim == 5 else act
         return out
 

@@ -1,6 +1,6 @@
 """Resumable checkpoint sweep: ICL, induction heads, density and weight drift over training.
 
-Shen et al.'s weight-evolution argument (REFERENCE §1.3) and Olsson et al.'s phase change (§8):
+Shen et al. 2024's weight-evolution argument and Olsson et al. 2022's induction-head phase change:
 for every checkpoint of a series, in step order, one row with
 
 - `icl_accuracy` / `icl_accuracy_se` (n as a string → value) on the default prompt set (GINC,

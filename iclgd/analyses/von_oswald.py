@@ -1,4 +1,5 @@
-"""Trained vs constructed linear self-attention (von Oswald et al. 2023, REFERENCE §9).
+"""Trained vs constructed linear self-attention (von Oswald et al. 2023, "Transformers
+learn in-context by gradient descent", and their released code).
 
 `train_lsa` trains a `LinearAttentionTransformer` on the ICL objective (fresh tasks every step,
 d = n = 10, x ~ U(-0.5, 0.5), w ~ N(0, I), half-MSE loss at the query) with their settings: Adam

@@ -9,6 +9,7 @@ writes audit.json, provenance.json, perturbation.csv and perturbation.png.
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -60,97 +61,102 @@ def run(args: argparse.Namespace) -> int:
 
     if args.out:
         check_output_folder(args.out)  # before the heavy imports
-    from iclgd import constructions as C
-    from iclgd.constructions.audit import approximation_sweep, audit_construction
-    from iclgd.results import provenance, save_figure, to_json, write_csv, write_json
+    from iclgd.constructions.audit import audit_construction
+    from iclgd.results import to_json
 
     construction = build(args)
     report = audit_construction(construction, tasks=args.tasks, seed=args.seed)
-    if args.name == "von-oswald-standard-tokens":
-        eta = construction.params["eta"]
-        report["error_vs_temperature"] = approximation_sweep(
-            lambda T: C.von_oswald_standard_tokens(args.d, n=args.n, eta=eta, d_out=args.d_out, temperature=T),
-            (0.5, 0.2, 0.1, 0.05, 0.03, 0.02), seed=args.seed)  # fmt: skip
-    if args.name == "akyurek-sgd":
-        p = construction.params
-        report["error_vs_mul_scale"] = approximation_sweep(
-            lambda s: C.akyurek_sgd_step(args.d, n=args.n, alpha=p["alpha"], steps=p["steps"], mul_scale=s),
-            (1.0, 10.0, 100.0, 1e3, 1e4, 1e5), seed=args.seed)  # fmt: skip
-    if args.name == "dual-form":
-        import torch
-
-        from iclgd.data.regression import sample_linear_tasks
-
-        soft = C.dual_form_layer(args.d, n=args.n, d_out=args.d_out, seed=args.seed)
-        for block in soft.model.blocks:
-            block.attn.kind = "softmax"
-        t = sample_linear_tasks(
-            200,
-            args.n,
-            args.d,
-            d_out=args.d_out,
-            generator=torch.Generator().manual_seed(args.seed),
-        )
-        with torch.no_grad():
-            e = (soft.predict(t.X, t.Y, t.x_query) - soft.reference(t.X, t.Y, t.x_query)).abs()
-        report["softmax_max_abs_error"] = float(e.max())
+    report.update(extra_checks(args, construction))
     if args.out:
-        from pathlib import Path
-
-        from iclgd.constructions.audit_plots import perturbation_figure
-
-        out = Path(args.out)
-        write_json(out / "audit.json", report)
-        write_json(out / "provenance.json", provenance(
-            model=f"construction:{args.name}", checkpoint=None, seed=args.seed, dtype=args.dtype,
-            device="cpu", weight_processing="raw"))  # fmt: skip
-        write_csv(out / "perturbation.csv", report["perturbation"]["curve"])
-        save_figure(perturbation_figure(report), out / "perturbation.png", dpi=120)
+        write_outputs(args, report)
     if args.json:
         print(to_json(report))
-        return 0
-    r = report
-    print(
-        f"{r['construction']}  ({'exact' if r['exact'] else 'approximate'})  params {r['params']}"
-    )
+    else:
+        print_summary(report)
+    return 0
+
+
+def extra_checks(args: argparse.Namespace, construction: Any) -> dict[str, Any]:
+    """Construction-specific entries: error vs the softmax temperature (standard tokens), vs the
+    GeLU multiplication scale (Akyürek), and with softmax attention in place of linear (dual
+    form)."""
+    from iclgd import constructions as C
+    from iclgd.constructions.audit import approximation_sweep
+
+    if args.name == "von-oswald-standard-tokens":
+        eta = construction.params["eta"]
+        return {"error_vs_temperature": approximation_sweep(
+            lambda T: C.von_oswald_standard_tokens(args.d, n=args.n, eta=eta, d_out=args.d_out, temperature=T),
+            (0.5, 0.2, 0.1, 0.05, 0.03, 0.02), seed=args.seed)}  # fmt: skip
+    if args.name == "akyurek-sgd":
+        p = construction.params
+        return {"error_vs_mul_scale": approximation_sweep(
+            lambda s: C.akyurek_sgd_step(args.d, n=args.n, alpha=p["alpha"], steps=p["steps"], mul_scale=s),
+            (1.0, 10.0, 100.0, 1e3, 1e4, 1e5), seed=args.seed)}  # fmt: skip
+    if args.name == "dual-form":
+        return {"softmax_max_abs_error": _softmax_dual_form_error(args)}
+    return {}
+
+
+def _softmax_dual_form_error(args: argparse.Namespace) -> float:
+    import torch
+
+    from iclgd import constructions as C
+    from iclgd.data.regression import sample_linear_tasks
+
+    soft = C.dual_form_layer(args.d, n=args.n, d_out=args.d_out, seed=args.seed)
+    for layer in range(soft.model.cfg.n_layers):
+        soft.model.block(layer).attn.kind = "softmax"
+    t = sample_linear_tasks(200, args.n, args.d, d_out=args.d_out,
+                            generator=torch.Generator().manual_seed(args.seed))
+    with torch.no_grad():
+        e = (soft.predict(t.X, t.Y, t.x_query) - soft.reference(t.X, t.Y, t.x_query)).abs()
+    return float(e.max())
+
+
+def write_outputs(args: argparse.Namespace, report: dict[str, Any]) -> None:
+    """`--out`: audit.json, provenance.json, perturbation.csv and perturbation.png."""
+    from pathlib import Path
+
+    from iclgd.constructions.audit_plots import perturbation_figure
+    from iclgd.results import provenance, save_figure, write_csv, write_json
+
+    out = Path(args.out)
+    write_json(out / "audit.json", report)
+    write_json(out / "provenance.json", provenance(
+        model=f"construction:{args.name}", checkpoint=None, seed=args.seed, dtype=args.dtype,
+        device="cpu", weight_processing="raw"))  # fmt: skip
+    write_csv(out / "perturbation.csv", report["perturbation"]["curve"])
+    save_figure(perturbation_figure(report), out / "perturbation.png", dpi=120)
+
+
+def print_summary(r: dict[str, Any]) -> None:
+    """The report as text: error, losses, the density table, the perturbation curve."""
+    print(f"{r['construction']}  ({'exact' if r['exact'] else 'approximate'})  params {r['params']}")
     print(f"reference: {r['reference']}")
-    print(
-        f"error on {r['tasks']} tasks ({r['dtype']}): max {r['max_abs_error']:.3e}  mean {r['mean_abs_error']:.3e}"
-    )
-    print(
-        f"loss ({r['loss_convention']}): construction {r['loss_construction']:.6f}  reference {r['loss_reference']:.6f}"
-    )
-    keys = list(next(iter(r["density"].values()))["fraction_below"])
-    print(
-        f"{'matrix':<10} {'shape':<10} {'nonzero':>8}"
-        + "".join(f" <{k:>7}" for k in keys)
-        + f" {'nz@4096':>9}"
-    )
-    for name, row in r["density"].items():
-        shape = "x".join(map(str, row["shape"]))
-        nz = (
-            r["density_at_width"]
-            .get("scaled", {})
-            .get(name, r["density_at_width"]["embedded"].get(name))
-        )
-        nz_text = f"{nz:>9.2e}" if nz is not None else f"{'-':>9}"
-        print(
-            f"{name:<10} {shape:<10} {row['nonzero']:>8}"
-            + "".join(f" {row['fraction_below'][k]:>8.4f}" for k in keys)
-            + f" {nz_text}"
-        )
+    print(f"error on {r['tasks']} tasks ({r['dtype']}): max {r['max_abs_error']:.3e}  "
+          f"mean {r['mean_abs_error']:.3e}")
+    print(f"loss ({r['loss_convention']}): construction {r['loss_construction']:.6f}  "
+          f"reference {r['loss_reference']:.6f}")
+    _print_density(r)
     print("perturbation (relative Gaussian noise on every matrix):")
     for row in r["perturbation"]["curve"]:
-        print(
-            f"  eps {row['eps']:.0e}: max error {row['max_abs_error']:.3e}  loss {row['loss']:.6f}"
-        )
+        print(f"  eps {row['eps']:.0e}: max error {row['max_abs_error']:.3e}  loss {row['loss']:.6f}")
     for key in ("error_vs_temperature", "error_vs_mul_scale"):
         if key in r:
-            print(
-                key
-                + ": "
-                + ", ".join(f"{x['value']:g} -> {x['max_abs_error']:.1e}" for x in r[key])
-            )
+            print(f"{key}: " + ", ".join(f"{x['value']:g} -> {x['max_abs_error']:.1e}" for x in r[key]))
     if "softmax_max_abs_error" in r:
         print(f"same weights with softmax attention: max error {r['softmax_max_abs_error']:.3e}")
-    return 0
+
+
+def _print_density(r: dict[str, Any]) -> None:
+    keys = list(next(iter(r["density"].values()))["fraction_below"])
+    print(f"{'matrix':<10} {'shape':<10} {'nonzero':>8}" + "".join(f" <{k:>7}" for k in keys)
+          + f" {'nz@4096':>9}")
+    width = r["density_at_width"]
+    for name, row in r["density"].items():
+        shape = "x".join(map(str, row["shape"]))
+        nz = width.get("scaled", {}).get(name, width["embedded"].get(name))
+        nz_text = f"{nz:>9.2e}" if nz is not None else f"{'-':>9}"
+        print(f"{name:<10} {shape:<10} {row['nonzero']:>8}"
+              + "".join(f" {row['fraction_below'][k]:>8.4f}" for k in keys) + f" {nz_text}")

@@ -1,6 +1,6 @@
 """`iclgd reproduce von-oswald --layers L [...]`: train an LSA and compare it with GD / GD++.
 
-Reproduces von Oswald et al. (2023)'s trained-vs-constructed comparison (REFERENCE §9); prints a
+Reproduces von Oswald et al. (2023)'s trained-vs-constructed comparison of linear self-attention; prints a
 summary (or JSON with `--json`); `--out DIR` writes reproduce.json, provenance.json, loss.csv and
 PNGs (merged-matrix heatmaps trained vs constructed, loss curve).
 """

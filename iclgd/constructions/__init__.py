@@ -1,4 +1,5 @@
-"""Hand-built weights from the ICL-as-GD papers and the algorithms they claim (REFERENCE §2-3).
+"""Hand-built weights from the ICL-as-GD papers and the algorithms they claim (von Oswald et al.
+2023; Akyürek et al. 2023; Ahn et al. 2023; Dai et al. 2023).
 
 Each builder returns a `Construction` (model, `predict`, `reference`, `weights`); `audit` measures
 error, loss, density and robustness of any construction or user-supplied weights.

@@ -1,4 +1,5 @@
-"""Ahn et al. (2023) "Transformers learn to implement preconditioned gradient descent" (REFERENCE §2.5).
+"""Ahn et al. (2023) "Transformers learn to implement preconditioned gradient
+descent for in-context learning" (NeurIPS 2023).
 
 Tokens `z_i = (x_i, y_i)`, query `(x_q, 0)`, width d + 1 (d_out = 1). Layer l:
 `Z <- Z + (1/n) (Z Q~ Z^T) M Z P~^T` with `Q~ = [[Q_l, 0], [0, 0]]`, `P~ = [[P_l, 0], [0, 1]]`,
@@ -77,6 +78,15 @@ def ahn_preconditioned_gd(
 
     `P = 0`, `Q = -A` gives preconditioned GD with preconditioner `A` (half-MSE gradient); losses
     are reported as full MSE (Ahn et al.).
+
+    Example:
+        >>> A = torch.diag(torch.tensor([0.2, 0.1], dtype=torch.float64))  # the preconditioner
+        >>> c = ahn_preconditioned_gd(torch.zeros(2, 2, dtype=torch.float64), -A, layers=1, n=4)
+        >>> g = torch.Generator().manual_seed(0)
+        >>> X, Y = torch.randn(3, 4, 2, generator=g).double(), torch.randn(3, 4, 1, generator=g).double()
+        >>> xq = torch.randn(3, 2, generator=g).double()
+        >>> float((c.predict(X, Y, xq) - c.reference(X, Y, xq)).abs().max()) < 1e-12
+        True
     """
     if isinstance(layers, bool) or not isinstance(layers, int) or layers < 1:
         raise IclgdError(f"layers must be an integer >= 1, got {layers!r}")

@@ -1,4 +1,5 @@
-"""Akyürek et al. (2023) read-arithmetic-write (RAW) construction of online SGD (REFERENCE §2.4).
+"""Akyürek et al. (2023) read-arithmetic-write (RAW) construction of online SGD (Lemma 1:
+the mov / mul / div / aff operators; Theorem 1: one SGD step in a constant number of layers).
 
 Built from the paper's primitives (there is no public construction code), one primitive per
 sub-layer of a `LinearAttentionTransformer` with MLPs (GeLU, no LayerNorm):
@@ -73,6 +74,10 @@ class _MLPBuilder:
         self._unit({src: 1.0}, dst, coef)
         self._unit({src: -1.0}, dst, -coef)
 
+    def named(self, block: int) -> dict[str, Tensor]:
+        """This MLP's matrices in column form, named as in `Construction.weights`."""
+        return {f"W_in.{block}": self.W_in.T, f"W_out.{block}": self.W_out.T}
+
     def product(self, a: int, b: int, dst: int, coef: float) -> None:
         """mul: dst += coef * slot_a * slot_b, via squares of (a + b) / s and (a - b) / s."""
         k = coef * self.s**2 * SQRT_HALF_PI / 4
@@ -94,6 +99,67 @@ def akyurek_tokens(X: Tensor, Y: Tensor, x_query: Tensor, w0: Tensor, lay: _Layo
     return H
 
 
+def _check_args(d: int, n: int, alpha: float, steps: int, w0: Tensor | None,
+                mul_scale: float) -> tuple[float, float, Tensor]:
+    """Validated `(alpha, mul_scale, w0 [d])`."""
+    _check_dims(d, n, 1)
+    alpha = _check_eta("alpha", alpha)
+    mul_scale = _check_eta("mul_scale", mul_scale)
+    if mul_scale <= 0:
+        raise IclgdError(f"mul_scale must be > 0, got {mul_scale}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= n:
+        raise IclgdError(f"steps must be an integer in [1, n={n}], got {steps!r}")
+    w = torch.zeros(d, dtype=torch.float64) if w0 is None else torch.as_tensor(w0, dtype=torch.float64)
+    if w.numel() != d:
+        raise IclgdError(f"w0 must have d = {d} entries ([1, d] or [d]), got {tuple(w.shape)}")
+    return alpha, mul_scale, w.reshape(d)
+
+
+def _mov_matrices(lay: _Layout, k: int, d_head: int) -> dict[str, Tensor]:
+    """mov (column form): every position reads positions 2k and 2k+1 into (x_i, y_i) through
+    linear attention on the one-hot positions."""
+    d, D, T = lay.d, lay.D, lay.T
+    WQ = torch.zeros(d_head, D, dtype=torch.float64)
+    WQ[2 * k, lay.pos : lay.pos + T] = 1.0
+    WQ[2 * k + 1, lay.pos : lay.pos + T] = 1.0
+    WK = torch.zeros(d_head, D, dtype=torch.float64)
+    WK[:T, lay.pos : lay.pos + T] = torch.eye(T, dtype=torch.float64)
+    WV = torch.zeros(d_head, D, dtype=torch.float64)
+    WV[:d, lay.x : lay.x + d] = torch.eye(d, dtype=torch.float64)
+    WV[d, lay.y] = 1.0
+    P = torch.zeros(D, d_head, dtype=torch.float64)
+    P[lay.xi : lay.xi + d, :d] = torch.eye(d, dtype=torch.float64)
+    P[lay.yi, d] = 1.0
+    return {"W_Q": WQ, "W_K": WK, "W_V": WV, "P": P}
+
+
+def _residual_mlp(lay: _Layout, hidden: int, scale: float) -> _MLPBuilder:
+    """mul + aff: r = w . x_i - y_i."""
+    mlp = _MLPBuilder(lay.D, hidden, scale)
+    for c in range(lay.d):
+        mlp.product(lay.w + c, lay.xi + c, lay.r, 1.0)
+    mlp.linear(lay.yi, lay.r, -1.0)
+    return mlp
+
+
+def _update_mlp(lay: _Layout, hidden: int, scale: float, alpha: float) -> _MLPBuilder:
+    """mul: w <- w - 2 alpha r x_i; aff: clear the scratch slots (x_i, y_i, r)."""
+    mlp = _MLPBuilder(lay.D, hidden, scale)
+    for c in range(lay.d):
+        mlp.product(lay.r, lay.xi + c, lay.w + c, -2.0 * alpha)
+    for slot in [*range(lay.xi, lay.xi + lay.d), lay.yi, lay.r]:
+        mlp.linear(slot, slot, -1.0)
+    return mlp
+
+
+def _readout_mlp(lay: _Layout, hidden: int, scale: float) -> _MLPBuilder:
+    """mul: y_hat = w . x (read at the query)."""
+    mlp = _MLPBuilder(lay.D, hidden, scale)
+    for c in range(lay.d):
+        mlp.product(lay.w + c, lay.x + c, lay.yhat, 1.0)
+    return mlp
+
+
 def akyurek_sgd_step(
     d: int,
     *,
@@ -108,67 +174,35 @@ def akyurek_sgd_step(
 
     `2 * steps + 1` blocks; approximate through `mul` (error shrinks ~ 1 / mul_scale^2).
     `w0 [1, d]` (or `[d]`) is the initial weight vector (default 0).
+
+    Example:
+        >>> c = akyurek_sgd_step(2, n=3, alpha=0.1)
+        >>> g = torch.Generator().manual_seed(0)
+        >>> X, Y = torch.rand(2, 3, 2, generator=g).double() - 0.5, torch.rand(2, 3, 1, generator=g).double()
+        >>> xq = torch.rand(2, 2, generator=g).double() - 0.5
+        >>> float((c.predict(X, Y, xq) - c.reference(X, Y, xq)).abs().max()) < 1e-6  # mul is approximate
+        True
     """
-    _check_dims(d, n, 1)
-    alpha = _check_eta("alpha", alpha)
-    mul_scale = _check_eta("mul_scale", mul_scale)
-    if mul_scale <= 0:
-        raise IclgdError(f"mul_scale must be > 0, got {mul_scale}")
-    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= n:
-        raise IclgdError(f"steps must be an integer in [1, n={n}], got {steps!r}")
-    w0 = (
-        torch.zeros(d, dtype=torch.float64)
-        if w0 is None
-        else torch.as_tensor(w0, dtype=torch.float64)
-    )
-    if w0.numel() != d:
-        raise IclgdError(f"w0 must have d = {d} entries ([1, d] or [d]), got {tuple(w0.shape)}")
-    w0 = w0.reshape(d)
+    alpha, mul_scale, w0 = _check_args(d, n, alpha, steps, w0, mul_scale)
     lay = _Layout(d, n)
-    D, T = lay.D, lay.T
-    d_head = max(T, d + 1)
-    cfg = LinearAttentionConfig(
-        d_model=D, n_layers=2 * steps + 1, d_head=d_head, mlp=True, d_mlp=6 * d + 4, dtype=dtype
-    )
+    d_head = max(lay.T, d + 1)
+    cfg = LinearAttentionConfig(d_model=lay.D, n_layers=2 * steps + 1, d_head=d_head, mlp=True,
+                                d_mlp=6 * d + 4, dtype=dtype)
     model = LinearAttentionTransformer(cfg)
     model.zero_weights()
     named: dict[str, Tensor] = {}
-    for k in range(steps):
-        # mov: every position reads positions 2k and 2k+1 (linear attention, one-hot positions)
-        WQ = torch.zeros(d_head, D, dtype=torch.float64)
-        WQ[2 * k, lay.pos : lay.pos + T] = 1.0
-        WQ[2 * k + 1, lay.pos : lay.pos + T] = 1.0
-        WK = torch.zeros(d_head, D, dtype=torch.float64)
-        WK[:T, lay.pos : lay.pos + T] = torch.eye(T, dtype=torch.float64)
-        WV = torch.zeros(d_head, D, dtype=torch.float64)
-        WV[:d, lay.x : lay.x + d] = torch.eye(d, dtype=torch.float64)
-        WV[d, lay.y] = 1.0
-        P = torch.zeros(D, d_head, dtype=torch.float64)
-        P[lay.xi : lay.xi + d, :d] = torch.eye(d, dtype=torch.float64)
-        P[lay.yi, d] = 1.0
-        model.set_layer_weights(2 * k, W_Q=WQ, W_K=WK, W_V=WV, P=P)
-        # mul + aff: r = w . x_i - y_i
-        mlp = _MLPBuilder(D, cfg.d_mlp, mul_scale)
-        for c in range(d):
-            mlp.product(lay.w + c, lay.xi + c, lay.r, 1.0)
-        mlp.linear(lay.yi, lay.r, -1.0)
-        model.set_mlp_weights(2 * k, W_in=mlp.W_in, W_out=mlp.W_out)
-        # mul: w <- w - 2 alpha r x_i ; aff: clear the scratch slots
-        upd = _MLPBuilder(D, cfg.d_mlp, mul_scale)
-        for c in range(d):
-            upd.product(lay.r, lay.xi + c, lay.w + c, -2.0 * alpha)
-        for slot in [*range(lay.xi, lay.xi + d), lay.yi, lay.r]:
-            upd.linear(slot, slot, -1.0)
-        model.set_mlp_weights(2 * k + 1, W_in=upd.W_in, W_out=upd.W_out)
-        named.update({f"W_Q.{2 * k}": WQ, f"W_K.{2 * k}": WK, f"W_V.{2 * k}": WV, f"P.{2 * k}": P})
-        named.update({f"W_in.{2 * k}": mlp.W_in.T, f"W_out.{2 * k}": mlp.W_out.T})
-        named.update({f"W_in.{2 * k + 1}": upd.W_in.T, f"W_out.{2 * k + 1}": upd.W_out.T})
-    # mul: y_hat = w . x
-    out = _MLPBuilder(D, cfg.d_mlp, mul_scale)
-    for c in range(d):
-        out.product(lay.w + c, lay.x + c, lay.yhat, 1.0)
-    model.set_mlp_weights(2 * steps, W_in=out.W_in, W_out=out.W_out)
-    named.update({f"W_in.{2 * steps}": out.W_in.T, f"W_out.{2 * steps}": out.W_out.T})
+    for k in range(steps):  # SGD step k: blocks 2k and 2k + 1
+        mov = _mov_matrices(lay, k, d_head)
+        model.set_layer_weights(2 * k, **mov)
+        residual = _residual_mlp(lay, cfg.mlp_dim, mul_scale)
+        model.set_mlp_weights(2 * k, W_in=residual.W_in, W_out=residual.W_out)
+        update = _update_mlp(lay, cfg.mlp_dim, mul_scale, alpha)
+        model.set_mlp_weights(2 * k + 1, W_in=update.W_in, W_out=update.W_out)
+        named.update({f"{name}.{2 * k}": m for name, m in mov.items()})
+        named.update(residual.named(2 * k) | update.named(2 * k + 1))
+    readout = _readout_mlp(lay, cfg.mlp_dim, mul_scale)
+    model.set_mlp_weights(2 * steps, W_in=readout.W_in, W_out=readout.W_out)
+    named.update(readout.named(2 * steps))
 
     def reference(X: Tensor, Y: Tensor, xq: Tensor) -> Tensor:
         W = online_sgd(X, Y, lr=2 * alpha, w0=w0.reshape(1, d), steps=steps)
@@ -184,7 +218,8 @@ def akyurek_sgd_step(
         readout_fn=lambda resid: resid[:, -1, lay.yhat : lay.yhat + 1],
         reference_fn=reference,
         weights_fn=lambda: {k: v.clone() for k, v in named.items()},
-        params={"d": d, "n": n, "alpha": alpha, "steps": steps, "mul_scale": mul_scale, "width": D},
+        params={"d": d, "n": n, "alpha": alpha, "steps": steps, "mul_scale": mul_scale,
+                "width": lay.D},
         exact=False,
         reference_name="online_sgd: w <- w - 2 alpha (w^T x_i - y_i) x_i, examples in order",
         n=n,

@@ -35,6 +35,11 @@ class Construction:
     - `loss_convention`: "half_mse" (von Oswald) or "mse" (Ahn);
     - `nonzero_at_width(width) -> {name: (rows, cols, nonzeros)}`: the same construction rebuilt at
       residual width `width` (analytic counts), or None when not defined.
+
+    Example:
+        >>> c = von_oswald_gd(2, n=4, eta=0.1)
+        >>> c.name, c.exact, c.loss_convention, sorted(c.weights())
+        ('von-oswald-gd', True, 'half_mse', ['P', 'W_K', 'W_Q', 'W_V'])
     """
 
     name: str

@@ -1,4 +1,5 @@
-"""Reference learning algorithms for in-context linear regression (REFERENCE §3), batched over tasks.
+"""Reference learning algorithms for in-context linear regression (von Oswald et al. 2023; Ahn et
+al. 2023; Akyürek et al. 2023; Fu et al. 2023), batched over tasks.
 
 Shapes: `X [batch, n, d]`, `Y [batch, n, d_out]`, `x_query [batch, d]`; weights `W [batch, d_out, d]`
 (`y = W x`); predictions `[batch, d_out]`. Everything runs in the inputs' dtype (use float64 to
@@ -174,7 +175,7 @@ def gdpp_predict(
     etas: Sequence[float],
     gammas: Sequence[float],
 ) -> Tensor:
-    """GD++ (von Oswald et al. 2023, §2.2 of REFERENCE), from W_0 = 0, one (eta, gamma) per layer.
+    """GD++ (von Oswald et al. 2023, §4), from W_0 = 0, one (eta, gamma) per layer.
 
     Layer l, with current inputs `x` and accumulated predictions `f` (context and query, f = 0):
     `Delta W_l = (eta_l / n) sum_i (y_i - f_i) x_i^T` (a GD step on the half-MSE residuals),

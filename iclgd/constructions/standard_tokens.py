@@ -1,6 +1,7 @@
 """von Oswald et al. (2023), standard token layout: a softmax copying layer, then a GD layer.
 
-Tokens alternate `x_i` and `y_i` (REFERENCE §2.3); each token also carries a one-hot position code
+Tokens alternate `x_i` and `y_i` (von Oswald et al. 2023, the two-layer construction whose first
+softmax layer copies each `y_i` next to its `x_i`); each token also carries a one-hot position code
 of width `T = 2n + 1` (the paper uses positional information for the copy; a one-hot code is the
 simplest exact choice). Token layout `[x (d) | y (d_out) | position (T)]`:
 

@@ -1,6 +1,6 @@
 """von Oswald et al. (2023) "Transformers learn in-context by gradient descent": GD and GD++ layers.
 
-Constructed tokens (REFERENCE §2.1): context `e_i = (x_i, y_i)`, query `(x_q, -W_0 x_q)`.
+Constructed tokens (von Oswald et al. 2023, Proposition 1): context `e_i = (x_i, y_i)`, query `(x_q, -W_0 x_q)`.
 Linear self-attention without softmax or 1/sqrt(d) scaling; keys/values are the n context tokens
 only, queries come from every token; the 1/n of the loss sits in the projection P. In column form,
 blocks ordered (x, y):
@@ -115,6 +115,14 @@ def von_oswald_gd(
     """`steps` shared linear self-attention layers = `steps` GD steps from `w0 [d_out, d]` (default 0).
 
     Reference: `gd_predict(X, Y, x_query, eta=eta, steps=steps, w0=w0)` (half-MSE loss).
+
+    Example:
+        >>> c = von_oswald_gd(2, n=4, eta=0.1)
+        >>> g = torch.Generator().manual_seed(0)
+        >>> X, Y = torch.randn(3, 4, 2, generator=g).double(), torch.randn(3, 4, 1, generator=g).double()
+        >>> xq = torch.randn(3, 2, generator=g).double()
+        >>> float((c.predict(X, Y, xq) - c.reference(X, Y, xq)).abs().max()) < 1e-12
+        True
     """
     _check_dims(d, n, d_out)
     eta = _check_eta("eta", eta)
@@ -137,7 +145,7 @@ def von_oswald_gd(
         params={"d": d, "n": n, "d_out": d_out, "eta": eta, "steps": steps, "w0_zero": w0 is None},
         nonzero_at_width=_nonzero_gd(True, False),
         n=n,
-        notes="von Oswald et al. 2023, one GD step per shared LSA layer (REFERENCE §2.1)",
+        notes="von Oswald et al. 2023, Proposition 1: one GD step per shared LSA layer",
         reference_name="gd_predict: K-step full-batch GD from w0 on the half-MSE loss",
     )
 
@@ -156,6 +164,14 @@ def von_oswald_gdpp(
 
     Each layer takes a GD step on the y-slots and preconditions every input
     `x_j <- (I - gamma_l sum_i x_i x_i^T) x_j`. Reference: `gdpp_predict` (W_0 = 0, half MSE).
+
+    Example:
+        >>> c = von_oswald_gdpp(2, n=4, eta=0.1, gamma=0.01, layers=2)
+        >>> g = torch.Generator().manual_seed(0)
+        >>> X, Y = torch.randn(3, 4, 2, generator=g).double(), torch.randn(3, 4, 1, generator=g).double()
+        >>> xq = torch.randn(3, 2, generator=g).double()
+        >>> float((c.predict(X, Y, xq) - c.reference(X, Y, xq)).abs().max()) < 1e-12
+        True
     """
     _check_dims(d, n, d_out)
     if isinstance(layers, bool) or not isinstance(layers, int) or layers < 1:
@@ -184,6 +200,6 @@ def von_oswald_gdpp(
         params={"d": d, "n": n, "d_out": d_out, "etas": etas, "gammas": gammas, "layers": layers},
         nonzero_at_width=_nonzero_gd(False, True),
         n=n,
-        notes="von Oswald et al. 2023, GD++ (REFERENCE §2.2)",
+        notes="von Oswald et al. 2023, GD++ (data-dependent preconditioning of the inputs)",
         reference_name="gdpp_predict: GD++ (GD step + x <- (I - gamma sum x x^T) x per layer)",
     )

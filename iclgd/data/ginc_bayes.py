@@ -28,8 +28,8 @@ last, pretraining-view predictor).
   k = 3, n = 32 prompts) and the unsmoothed predictor degenerates (56 % -> 26 %). With the
   transitions smoothed, `(1 - eps) T + eps U` (`smoothing=eps`, default 0.1), it is defined
   everywhere and rises with n: k = 3: 53 % (n = 0) -> 75 % (n = 32); k = 5: 90 -> 99 %;
-  k = 10: 98 -> 99 % (eps = 0.01: 56 -> 68 % at k = 3). These are the figures REFERENCE quotes
-  for the ideal learner; `ideal_next_token_probs`, which also knows that examples are
+  k = 10: 98 -> 99 % (eps = 0.01: 56 -> 68 % at k = 3). These are the ideal learner's
+  figures; `ideal_next_token_probs`, which also knows that examples are
   independent segments, is a stronger ceiling (94 % at k = 3).
 
 The forward pass uses the factorial structure: `alpha [.., E, P]` evolves as

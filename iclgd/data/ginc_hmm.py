@@ -1,7 +1,7 @@
 """The GINC world: a mixture of factorial HMMs over (entity, property) hidden states.
 
 Follows Xie et al. 2022, "An Explanation of In-context Learning as Implicit Bayesian Inference"
-(the GINC data set), as summarised in REFERENCE.md section 6:
+(the GINC data set) and its released `generate_data.py`:
 
 - hidden state = (entity, property); state index `s = entity * n_properties + property`;
 - emission is deterministic: state (e, p) emits `memory[e, p]`; column 0 of the shared memory

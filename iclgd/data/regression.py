@@ -6,7 +6,7 @@ Batched: the task axis comes first.
 
 Input distributions:
 - `"uniform"`: every coordinate ~ U(-0.5, 0.5), as in von Oswald et al.'s code (their docstring's
-  U(-1, 1) is not what the code samples; REFERENCE §9);
+  U(-1, 1) is not what the code samples);
 - `"gaussian"`: x ~ N(0, I), as in Garg et al. (2022).
 
 Weights: every entry of `W` ~ N(0, w_scale²) (w_scale = 1: N(0, I), both papers).

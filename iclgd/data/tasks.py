@@ -109,6 +109,11 @@ class TokenizedDemos:
     `label_mask [..., n_demos, seq]` marks the label (answer) tokens. The loss on token `t` is
     read from the logits at `t - 1`, so position 0 is never a target. Leading axes (e.g. a task
     axis from `stack_demos`) are batch axes.
+
+    Example:
+        >>> demos = demos_from_token_examples(torch.tensor([[5, 6, 7], [8, 9, 10]]))
+        >>> demos.target_mask("label")[0].tolist(), demos.target_mask("all")[0].tolist()
+        ([False, False, True], [False, True, True])
     """
 
     tokens: Int[Tensor, "... n_demos seq"]
@@ -255,7 +260,13 @@ def demos_from_token_examples(
     examples: Int[Tensor, "... n_demos seq"], label_positions: Sequence[int] | int = -1,
 ) -> TokenizedDemos:
     """Demonstrations given directly as token ids (e.g. GINC examples with their delimiter):
-    every row is real; `label_positions` (indices along `seq`, default the last) are the labels."""
+    every row is real; `label_positions` (indices along `seq`, default the last) are the labels.
+
+    Example:
+        >>> demos = demos_from_token_examples(torch.tensor([[5, 6, 7], [8, 9, 10]]))
+        >>> demos.n_demos, demos.label_mask[0].tolist()
+        (2, [False, False, True])
+    """
     tokens = torch.as_tensor(examples, dtype=torch.long)
     if tokens.ndim < 2 or tokens.shape[-2] == 0 or tokens.shape[-1] < 2:
         raise IclgdError(

@@ -1,55 +1,63 @@
 """hooks: one interface over every model iclgd analyses.
 
 - `load_model(spec)`: named model (`"smollm2-135m"`), local HF folder, checkpoint series, cached
-  hub name, or native config → TransformerLens `TransformerBridge` (eval mode, raw weights);
-  `model_provenance(model)` is what results record about it.
+  hub name, in-memory HF model or native config → TransformerLens `TransformerBridge` (eval
+  mode, raw weights); `model_info` / `model_provenance` describe it.
 - `list_checkpoints` / `iter_checkpoints`: checkpoint series, one skeleton reused.
-- `attention_weights` / `mlp_weights`: raw per-head weights straight from the HF tensors.
-- `capture`: names-filtered, position-sliced activations from one forward pass.
+- `capture`: names-filtered, position-sliced activations from one forward pass; `act_name` /
+  `act_names` build hook names (`act_name("attn_out", 3)` → `"blocks.3.hook_attn_out"`),
+  `stack_layers` stacks per-layer captures into `[batch, n_layers, ...]`.
+- `attention_weights` / `mlp_weights`: raw per-head weights straight from the HF tensors
+  (`hf_state_dict`: the raw state dict; `hf_module`: a plain HF module sharing it).
+- `finetuned(model, delta)`: the model with `W + ΔW` inside a `with` block, restored exactly.
 - `LinearAttentionTransformer`: iclgd's own hooked linear self-attention model.
 """
 
-from iclgd.hooks.capture import capture, check_tokens, resolve_names
-from iclgd.hooks.checkpoints import (
-    arch_signature,
-    iter_checkpoints,
-    list_checkpoints,
-    load_weights_into,
-    read_hf_weights,
-    refresh_split_weights,
-    select_checkpoint,
-)
+from typing import TYPE_CHECKING, Any
+
+from iclgd.hooks.capture import capture, stack_layers
+from iclgd.hooks.checkpoints import iter_checkpoints
+from iclgd.hooks.edit import finetuned
 from iclgd.hooks.info import model_info, model_provenance
-from iclgd.hooks.loading import load_model, resolve_device, resolve_dtype
-from iclgd.hooks.types import AttentionWeights, MLPWeights
+from iclgd.hooks.loading import load_model
+from iclgd.hooks.names import act_name, act_names
+from iclgd.hooks.types import AttentionWeights, HookedModel, MLPWeights
 from iclgd.hooks.weights import attention_weights, hf_module, hf_state_dict, mlp_weights
+from iclgd.specs import list_checkpoints
+
+if TYPE_CHECKING:
+    from iclgd.hooks.linear_attention import LinearAttentionConfig, LinearAttentionTransformer
+
+# Lower-level helpers that iclgd's analyses import from here; not part of the public API.
+from iclgd.hooks.checkpoints import arch_signature as arch_signature  # noqa: E402
+from iclgd.hooks.checkpoints import load_weights_into as load_weights_into  # noqa: E402
+from iclgd.hooks.checkpoints import read_hf_weights as read_hf_weights  # noqa: E402
+from iclgd.hooks.loading import resolve_device as resolve_device  # noqa: E402
 
 __all__ = [
     "AttentionWeights",
+    "HookedModel",
+    "LinearAttentionConfig",
+    "LinearAttentionTransformer",
     "MLPWeights",
-    "arch_signature",
+    "act_name",
+    "act_names",
     "attention_weights",
     "capture",
-    "check_tokens",
+    "finetuned",
     "hf_module",
     "hf_state_dict",
     "iter_checkpoints",
     "list_checkpoints",
     "load_model",
-    "load_weights_into",
     "mlp_weights",
     "model_info",
     "model_provenance",
-    "read_hf_weights",
-    "refresh_split_weights",
-    "resolve_device",
-    "resolve_dtype",
-    "resolve_names",
-    "select_checkpoint",
+    "stack_layers",
 ]
 
 
-def __getattr__(name: str):  # LinearAttentionTransformer and its config, imported on first use
+def __getattr__(name: str) -> Any:  # LinearAttentionTransformer and its config, on first use
     if name in ("LinearAttentionTransformer", "LinearAttentionConfig"):
         from iclgd.hooks import linear_attention
 

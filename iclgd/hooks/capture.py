@@ -7,22 +7,27 @@ activation at the last position costs `[batch, d_model]` of memory, not the full
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import difflib
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
-from jaxtyping import Int
+from einops import rearrange
+from jaxtyping import Float, Int
 from torch import Tensor
 
 from iclgd.errors import IclgdError
+from iclgd.hooks.names import act_name
+from iclgd.hooks.types import HookedModel
 
 # hook points whose query-position axis is 2 ([batch, n_heads, q_pos, k_pos]); all others use 1
 _QPOS_AXIS_2 = ("hook_attn_scores", "hook_pattern")
 
 Positions = int | Sequence[int] | slice | Tensor | None
+Names = Sequence[str] | str | Callable[[str], bool]
 
 
-def check_tokens(tokens: Any, n_ctx: int | None, d_vocab: int | None = None) -> Tensor:
+def check_tokens(tokens: object, n_ctx: int | None, d_vocab: int | None = None) -> Tensor:
     """Validate token ids `[batch, pos]` (1-D is promoted to a batch of one); return them.
 
     Raises `IclgdError` for empty input, non-integer dtypes, wrong rank, ids outside the
@@ -51,7 +56,7 @@ def check_tokens(tokens: Any, n_ctx: int | None, d_vocab: int | None = None) -> 
     return tokens.long()
 
 
-def check_float_tokens(tokens: Any) -> Tensor:
+def check_float_tokens(tokens: object) -> Tensor:
     """Validate float token vectors `[batch, pos, d_model]` (2-D is promoted to a batch of one)
     for a float-input model; return them. The model checks `d_model`, dtype and length."""
     if not isinstance(tokens, Tensor) or not tokens.dtype.is_floating_point:
@@ -71,8 +76,7 @@ def _slicer(name: str, positions: Positions, batch: int) -> Callable[[Tensor], T
     if positions is None:
         return lambda t: t
     axis = 2 if name.endswith(_QPOS_AXIS_2) else 1
-    if isinstance(positions, Tensor) and positions.ndim == 1 and positions.numel() == batch \
-            and not isinstance(positions, slice):
+    if isinstance(positions, Tensor) and positions.ndim == 1 and positions.numel() == batch:
         idx = positions.long()
 
         def per_row(t: Tensor) -> Tensor:
@@ -80,18 +84,18 @@ def _slicer(name: str, positions: Positions, batch: int) -> Callable[[Tensor], T
             moved = t.movedim(axis, 1)  # [batch, pos, ...]
             return moved[rows, idx.to(t.device)]  # [batch, ...]: one position per row
         return per_row
-    if isinstance(positions, int | slice):
-        index = positions
-    else:
-        index = torch.as_tensor(list(positions) if not isinstance(positions, Tensor) else positions,
-                                dtype=torch.long)
-    def fixed(t: Tensor) -> Tensor:
-        sel = index.to(t.device) if isinstance(index, Tensor) else index
-        return t.select(axis, sel) if isinstance(sel, int) else t.movedim(axis, 1)[:, sel].movedim(1, axis)
-    return fixed
+    if isinstance(positions, int):
+        pos = positions
+        return lambda t: t.select(axis, pos)
+    if isinstance(positions, slice):
+        cut = positions
+        return lambda t: t.movedim(axis, 1)[:, cut].movedim(1, axis)
+    index = torch.as_tensor(positions if isinstance(positions, Tensor) else list(positions),
+                            dtype=torch.long)
+    return lambda t: t.movedim(axis, 1)[:, index.to(t.device)].movedim(1, axis)
 
 
-def resolve_names(model: Any, names: Sequence[str] | str | Callable[[str], bool]) -> list[str]:
+def resolve_names(model: HookedModel, names: Names) -> list[str]:
     """Expand a name filter into the model's hook-point names; unknown names raise."""
     available = list(model.hook_dict.keys())
     if callable(names):
@@ -106,8 +110,6 @@ def resolve_names(model: Any, names: Sequence[str] | str | Callable[[str], bool]
         raise IclgdError("no hook names given: pass e.g. ['blocks.0.hook_attn_out']")
     missing = [n for n in names if n not in model.hook_dict]
     if missing:
-        import difflib
-
         hint = difflib.get_close_matches(missing[0], available, n=3)
         raise IclgdError(
             f"unknown hook point {missing[0]!r}"
@@ -117,9 +119,9 @@ def resolve_names(model: Any, names: Sequence[str] | str | Callable[[str], bool]
 
 
 def capture(
-    model: Any,
-    tokens: Int[Tensor, "batch pos"] | Tensor,
-    names: Sequence[str] | str | Callable[[str], bool],
+    model: HookedModel,
+    tokens: Int[Tensor, "batch pos"] | Float[Tensor, "batch pos d_model"],
+    names: Names,
     *,
     positions: Positions = None,
     to: str | torch.device | None = "cpu",
@@ -146,6 +148,11 @@ def capture(
 
     Returns:
         `{name: tensor}`, detached; an int position drops the position axis.
+
+    Example:
+        >>> acts = capture(model, tokens, act_names("attn_out", 2), positions=-1)
+        >>> tuple(acts["blocks.1.hook_attn_out"].shape)  # [batch, d_model] at the last token
+        (2, 64)
     """
     if getattr(model, "takes_float_inputs", False):
         tokens = check_float_tokens(tokens)
@@ -176,7 +183,27 @@ def capture(
     return store
 
 
-def _model_device(model: Any) -> torch.device:
+def stack_layers(
+    acts: Mapping[str, Tensor], name: str, layers: int | Iterable[int]
+) -> Tensor:
+    """`acts[act_name(name, l)]` for each layer, stacked on a new axis 1: `[batch, n_layers, ...]`.
+
+    Example:
+        >>> acts = capture(model, tokens, act_names("attn_out", 2), positions=-1)
+        >>> tuple(stack_layers(acts, "attn_out", 2).shape)  # [batch, n_layers, d_model]
+        (2, 2, 64)
+    """
+    chosen = range(layers) if isinstance(layers, int) else layers
+    try:
+        per_layer = [acts[act_name(name, layer)] for layer in chosen]
+    except KeyError as err:
+        raise IclgdError(f"no captured activation {err.args[0]!r}: capture it first") from err
+    if not per_layer:
+        raise IclgdError("no layers to stack")
+    return rearrange(per_layer, "layer batch ... -> batch layer ...")
+
+
+def _model_device(model: torch.nn.Module) -> torch.device:
     try:
         return next(model.parameters()).device
     except StopIteration:  # pragma: no cover

@@ -1,64 +1,31 @@
 """Checkpoint series: a folder whose subfolders (`step0/`, `step10/`, ...) are HF checkpoints.
 
-`list_checkpoints` sorts them by step number (numeric, not lexical); `iter_checkpoints` builds the
-TransformerBridge skeleton once and loads each checkpoint's weights into it in place.
+`iclgd.specs.list_checkpoints` sorts them by step number (numeric, not lexical);
+`iter_checkpoints` builds the TransformerBridge skeleton once and loads each checkpoint's weights
+into it in place.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from iclgd.errors import IclgdError
-from iclgd.hooks.loading import CHECKPOINT_RE, check_finite, load_model
+from iclgd.errors import IclgdError, first_line
+from iclgd.hooks.edit import refresh_split_weights
+from iclgd.hooks.loading import check_finite, load_model
 from iclgd.results import read_json
+from iclgd.specs import every_kth, list_checkpoints
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
 
 _IGNORED_CONFIG_KEYS = {
     "_name_or_path", "transformers_version", "torch_dtype", "dtype", "architectures",
     "use_cache", "_attn_implementation_autoset", "output_attentions",
 }
-
-
-def list_checkpoints(folder: str | Path) -> list[tuple[str, int, Path]]:
-    """`(label, step, path)` for every `step{N}/` (or `checkpoint-{N}/`) subfolder, by step."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise IclgdError(f"checkpoint folder {folder} does not exist")
-    found = []
-    for sub in folder.iterdir():
-        m = CHECKPOINT_RE.match(sub.name)
-        if m and sub.is_dir():
-            found.append((sub.name, int(m.group(1)), sub))
-    if not found:
-        raise IclgdError(
-            f"{folder} holds no checkpoints: expected subfolders named step{{N}}/ "
-            "(e.g. step0/, step100/), each a Hugging Face model folder"
-        )
-    return sorted(found, key=lambda t: t[1])
-
-
-def select_checkpoint(
-    checkpoints: list[tuple[str, int, Path]], which: str | int | None, folder: Path | str = ""
-) -> tuple[str, int, Path]:
-    """Pick one checkpoint by label (`"step100"`), step number, or index (None = last)."""
-    if which is None:
-        return checkpoints[-1]
-    labels = [c[0] for c in checkpoints]
-    text = str(which)
-    for c in checkpoints:
-        if c[0] == text:
-            return c
-    if text.lstrip("-").isdigit():
-        idx = int(text)
-        if -len(checkpoints) <= idx < len(checkpoints):
-            return checkpoints[idx]
-    raise IclgdError(
-        f"unknown checkpoint {which!r} in {folder}: available are {', '.join(labels)} "
-        f"(or an index from {-len(labels)} to {len(labels) - 1})"
-    )
 
 
 def arch_signature(folder: str | Path) -> dict[str, Any]:
@@ -81,24 +48,13 @@ def read_hf_weights(folder: str | Path) -> dict[str, torch.Tensor]:
     try:
         hf = AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager")
     except Exception as err:  # corrupt file, missing weights, unknown architecture
-        text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise IclgdError(f"cannot read the weights in {folder}: {text}") from err
+        raise IclgdError(f"cannot read the weights in {folder}: {first_line(err)}") from err
     return dict(hf.state_dict())
 
 
-def refresh_split_weights(model: Any) -> None:
-    """Re-derive the bridge's split copies of fused QKV weights from the HF tensors.
-
-    TransformerLens' bridge forwards GPT-NeoX-style fused `query_key_value` through q/k/v copies
-    made when it wraps the model; call this after writing new values into the HF tensors (a
-    loaded checkpoint, a finetuning delta) so `model(tokens)` sees them.
-    """
-    for module in model.modules():
-        if hasattr(module, "split_qkv_matrix") and getattr(module, "original_component", None):
-            module.set_original_component(module.original_component)
-
-
-def load_weights_into(model: Any, folder: Path, reference: dict[str, Any] | None = None) -> None:
+def load_weights_into(
+    model: TransformerBridge, folder: Path, reference: dict[str, Any] | None = None
+) -> None:
     """Load checkpoint `folder`'s raw HF weights into an existing bridge, in place.
 
     Checks that the architecture matches `reference` (a config signature) and that every
@@ -132,17 +88,25 @@ def iter_checkpoints(
     dtype: str | torch.dtype | None = None,
     every: int = 1,
     on_error: Callable[[str, int, Exception], None] | None = None,
-) -> Iterator[tuple[str, int, Any]]:
+) -> Iterator[tuple[str, int, TransformerBridge]]:
     """Yield `(label, step, model)` for each checkpoint in step order, reusing one bridge.
 
     The bridge is built from the first checkpoint; later checkpoints' weights are loaded into
     it in place (the same object is yielded each time: read what you need before advancing).
     `every=k` keeps every k-th checkpoint (the last one always). A checkpoint that fails to load
     raises `IclgdError`, or, when `on_error` is given, is reported to it and skipped.
+
+    Example:
+        >>> import pathlib, tempfile
+        >>> from transformers import GPT2Config, GPT2LMHeadModel
+        >>> root = pathlib.Path(tempfile.mkdtemp())
+        >>> for step in (0, 5):
+        ...     cfg = GPT2Config(n_layer=1, n_head=2, n_embd=16, vocab_size=50)
+        ...     GPT2LMHeadModel(cfg).save_pretrained(root / f"step{step}")
+        >>> [(label, step, m.cfg.n_layers) for label, step, m in iter_checkpoints(root, device="cpu")]
+        [('step0', 0, 1), ('step5', 5, 1)]
     """
-    ckpts = list_checkpoints(folder)
-    if every > 1:
-        ckpts = [c for i, c in enumerate(ckpts) if i % every == 0 or i == len(ckpts) - 1]
+    ckpts = every_kth(list_checkpoints(folder), every)
     model = None
     reference = None
     for label, step, path in ckpts:

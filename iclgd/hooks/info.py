@@ -4,18 +4,20 @@ from __future__ import annotations
 
 from typing import Any
 
+from iclgd.hooks.types import HookedModel
+from iclgd.hooks.weights import hf_state_dict
 
-def model_info(model: Any) -> dict[str, Any]:
+
+def model_info(model: HookedModel) -> dict[str, Any]:
     """Architecture summary of a bridge (or any model with a TransformerLens-style `cfg`).
 
-    Keys: `n_layers`, `n_heads`, `n_key_value_heads`, `d_model`, `d_head`, `d_mlp`, `d_vocab`,
-    `n_ctx`, `normalization`, `positional_embedding`, `architecture`, `n_params` (the raw HF
-    state dict's tensors, tied weights counted once), `hook_names_layer0`.
+    Keys: `n_layers`, `n_heads`, `n_key_value_heads`, `d_model`, `d_head`, `d_mlp`, `d_vocab`
+    (None for a model on float token vectors), `n_ctx`, `normalization`, `positional_embedding`,
+    `architecture`, `n_params` (the raw HF state dict's tensors, tied weights counted once),
+    `hook_names_layer0`.
     """
     cfg = model.cfg
     hf = getattr(model, "original_model", model)
-    from iclgd.hooks.weights import hf_state_dict
-
     seen: set[tuple[int, tuple[int, ...]]] = set()
     n_params = 0
     state = hf_state_dict(model) if hasattr(model, "original_model") else dict(hf.named_parameters())
@@ -30,9 +32,9 @@ def model_info(model: Any) -> dict[str, Any]:
         "n_heads": n_heads,
         "n_key_value_heads": int(getattr(cfg, "n_key_value_heads", None) or n_heads),
         "d_model": int(cfg.d_model),
-        "d_head": int(cfg.d_head),
-        "d_mlp": None if getattr(cfg, "d_mlp", None) is None else int(cfg.d_mlp),
-        "d_vocab": int(cfg.d_vocab),
+        "d_head": _optional_int(cfg.d_head),
+        "d_mlp": _optional_int(getattr(cfg, "d_mlp", None)),
+        "d_vocab": _optional_int(getattr(cfg, "d_vocab", None)),
         "n_ctx": int(cfg.n_ctx),
         "normalization": getattr(cfg, "normalization_type", None),
         "positional_embedding": getattr(cfg, "positional_embedding_type", None),
@@ -42,13 +44,22 @@ def model_info(model: Any) -> dict[str, Any]:
     }
 
 
-def model_provenance(model: Any) -> dict[str, Any]:
+def _optional_int(value: int | float | str | None) -> int | None:
+    return None if value is None else int(value)
+
+
+def model_provenance(model: HookedModel) -> dict[str, Any]:
     """What a result must record about the model it came from.
 
     `model` (source: folder, hub name or named model), `checkpoint`, `weight_processing`
     (iclgd never processes weights: "raw"), `dtype`, and, for named models shipped as quantised
     files, `weights` (source package and version, file, sha256, quantisation and its
     dequantisation).
+
+    Example:
+        >>> prov = model_provenance(model)
+        >>> prov["model"], prov["weight_processing"], prov["dtype"]
+        ('in-memory GPT2LMHeadModel', 'raw', 'float32')
     """
     cfg = model.cfg
     out: dict[str, Any] = {

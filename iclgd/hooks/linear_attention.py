@@ -15,7 +15,8 @@ Attention, per head h, with TransformerLens row-vector weights `W_Q[h] [d_model,
     q_j = x_j W_Q[h],  k_i = x_i W_K[h],  v_i = x_i W_V[h]
     score_{j,i} = attn_scale * q_j . k_i          (von Oswald: attn_scale = 1, no 1/sqrt(d_head))
     linear:  pattern_{j,i} = score_{j,i} * allowed_{j,i}   (divided by #allowed keys of row j only
-             when `normalize_by_keys`; von Oswald does not divide: the 1/n sits in P, REFERENCE §2.1)
+             when `normalize_by_keys`; von Oswald does not divide: the 1/n sits in P, von Oswald et al.
+             2023, Proposition 1)
     softmax: pattern = softmax over allowed keys (a row with no allowed key gets pattern 0)
     z_j = sum_i pattern_{j,i} v_i,   attn_out_j = sum_h z_j[h] W_O[h]
 `hook_attn_scores` holds the scaled scores with disallowed entries set to 0 (linear) or -inf
@@ -39,6 +40,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -62,6 +64,11 @@ class LinearAttentionConfig:
     used by every layer (a recurrent model, von Oswald's "shared" LSA). `init_scale`: weights are
     drawn N(0, init_scale / fan_in) (von Oswald's VarianceScaling(0.002 / L), normal rather than
     truncated normal). `n_ctx` is the longest accepted sequence.
+
+    Example:
+        >>> cfg = LinearAttentionConfig(d_model=3, n_layers=2, shared_weights=True)
+        >>> cfg.d_head, cfg.attention
+        (3, 'linear')
     """
 
     d_model: int
@@ -126,6 +133,16 @@ class LinearAttentionConfig:
         """ "linear" or "softmax" for `layer`."""
         return self.attention if isinstance(self.attention, str) else self.attention[layer]
 
+    @property
+    def head_dim(self) -> int:
+        """`d_head`, resolved (defaults to `d_model`)."""
+        return self.d_model if self.d_head is None else self.d_head
+
+    @property
+    def mlp_dim(self) -> int:
+        """`d_mlp`, resolved (defaults to `4 * d_model`)."""
+        return 4 * self.d_model if self.d_mlp is None else self.d_mlp
+
 
 def _param(
     shape: tuple[int, ...], fan_in: int, cfg: LinearAttentionConfig, gen: torch.Generator
@@ -139,7 +156,7 @@ def _param(
 def _make_attn_params(
     cfg: LinearAttentionConfig, gen: torch.Generator
 ) -> dict[str, nn.Parameter | None]:
-    h, m, d = cfg.n_heads, cfg.d_model, cfg.d_head
+    h, m, d = cfg.n_heads, cfg.d_model, cfg.head_dim
     return {
         "W_Q": _param((h, m, d), m, cfg, gen),
         "W_K": _param((h, m, d), m, cfg, gen),
@@ -149,7 +166,7 @@ def _make_attn_params(
 
 
 def _make_mlp_params(cfg: LinearAttentionConfig, gen: torch.Generator) -> dict[str, nn.Parameter]:
-    m, f = cfg.d_model, cfg.d_mlp
+    m, f = cfg.d_model, cfg.mlp_dim
     return {
         "W_in": _param((m, f), m, cfg, gen),
         "b_in": nn.Parameter(torch.zeros(f, dtype=cfg.dtype)),
@@ -159,7 +176,7 @@ def _make_mlp_params(cfg: LinearAttentionConfig, gen: torch.Generator) -> dict[s
 
 
 class _LayerNorm(nn.Module):
-    def __init__(self, w: nn.Parameter, b: nn.Parameter):
+    def __init__(self, w: nn.Parameter, b: nn.Parameter) -> None:
         super().__init__()
         self.w, self.b = w, b
         self.hook_normalized = HookPoint()
@@ -170,19 +187,25 @@ class _LayerNorm(nn.Module):
 
 
 class _Attention(nn.Module):
+    W_Q: nn.Parameter
+    W_K: nn.Parameter
+    W_V: nn.Parameter
+    W_O: Tensor  # a parameter, or an identity buffer without an output projection
+
     def __init__(
         self, cfg: LinearAttentionConfig, kind: str, params: dict[str, nn.Parameter | None]
-    ):
+    ) -> None:
         super().__init__()
         self.cfg, self.kind = cfg, kind
-        self.W_Q, self.W_K, self.W_V = params["W_Q"], params["W_K"], params["W_V"]
+        for name in ("W_Q", "W_K", "W_V"):
+            setattr(self, name, params[name])
         if params["W_O"] is not None:
             self.W_O = params["W_O"]
         else:
             eye = torch.eye(cfg.d_model, dtype=cfg.dtype).expand(cfg.n_heads, -1, -1).clone()
             self.register_buffer("W_O", eye)
-        for name in ("hook_q", "hook_k", "hook_v", "hook_attn_scores", "hook_pattern", "hook_z"):
-            setattr(self, name, HookPoint())
+        self.hook_q, self.hook_k, self.hook_v = HookPoint(), HookPoint(), HookPoint()
+        self.hook_attn_scores, self.hook_pattern, self.hook_z = HookPoint(), HookPoint(), HookPoint()
 
     def forward(self, x: Tensor, allowed: Tensor) -> Tensor:
         q = self.hook_q(torch.einsum("bpm,hmd->bphd", x, self.W_Q))
@@ -205,7 +228,7 @@ class _Attention(nn.Module):
 
 
 class _MLP(nn.Module):
-    def __init__(self, cfg: LinearAttentionConfig, params: dict[str, nn.Parameter]):
+    def __init__(self, cfg: LinearAttentionConfig, params: dict[str, nn.Parameter]) -> None:
         super().__init__()
         self.W_in, self.b_in, self.W_out, self.b_out = (
             params[k] for k in ("W_in", "b_in", "W_out", "b_out")
@@ -219,7 +242,11 @@ class _MLP(nn.Module):
 
 
 class _Block(nn.Module):
-    def __init__(self, cfg: LinearAttentionConfig, layer: int, params: dict):
+    ln1: _LayerNorm
+    ln2: _LayerNorm
+    mlp: _MLP
+
+    def __init__(self, cfg: LinearAttentionConfig, layer: int, params: dict[str, Any]) -> None:
         super().__init__()
         self.cfg = cfg
         self.attn = _Attention(cfg, cfg.attention_kind(layer), params["attn"])
@@ -252,19 +279,25 @@ class LinearAttentionTransformer(HookedRootModule):
     `W_V` `[n_layers, n_heads, d_model, d_head]`, `W_O [n_layers, n_heads, d_head, d_model]`.
     With `shared_weights` every block holds the same parameter objects. `seed` fixes the init.
     `takes_float_inputs` tells `iclgd.hooks.capture` to pass float token vectors, not token ids.
+
+    Example:
+        >>> lsa = LinearAttentionTransformer(LinearAttentionConfig(d_model=3, n_layers=1))
+        >>> acts = capture(lsa, torch.randn(2, 5, 3), act_name("attn_out", 0))
+        >>> tuple(acts["blocks.0.hook_attn_out"].shape), tuple(attention_weights(lsa, 0).W_Q.shape)
+        ((2, 5, 3), (1, 3, 3))
     """
 
     takes_float_inputs = True
 
-    def __init__(self, cfg: LinearAttentionConfig, *, seed: int = 0):
+    def __init__(self, cfg: LinearAttentionConfig, *, seed: int = 0) -> None:
         super().__init__()
         if not isinstance(cfg, LinearAttentionConfig):
             raise IclgdError(f"cfg must be a LinearAttentionConfig, got {type(cfg).__name__}")
         self.cfg = cfg
         gen = torch.Generator().manual_seed(seed)
 
-        def layer_params() -> dict:
-            p: dict = {"attn": _make_attn_params(cfg, gen)}
+        def layer_params() -> dict[str, Any]:
+            p: dict[str, Any] = {"attn": _make_attn_params(cfg, gen)}
             if cfg.mlp:
                 p["mlp"] = _make_mlp_params(cfg, gen)
             if cfg.layer_norm:
@@ -279,12 +312,18 @@ class LinearAttentionTransformer(HookedRootModule):
         )
         self.setup()
 
+    def block(self, layer: int) -> _Block:
+        """Block `layer` (typed access to `blocks[layer]`)."""
+        block = self.blocks[layer]
+        assert isinstance(block, _Block)
+        return block
+
     # ----------------------------------------------------------------------------- forward
     def key_mask(
         self, batch: int, pos: int, *, n_context: int | None = None, key_mask: Tensor | None = None
     ) -> Bool[Tensor, "batch 1 q_pos k_pos"]:
         """The boolean `allowed[b, 0, j, i]` (query j may read key/value i); rules in the module doc."""
-        device = self.blocks[0].attn.W_Q.device
+        device = self.block(0).attn.W_Q.device
         if key_mask is not None:
             if key_mask.dtype != torch.bool or key_mask.shape not in ((pos,), (batch, pos)):
                 raise IclgdError(
@@ -340,7 +379,7 @@ class LinearAttentionTransformer(HookedRootModule):
 
     # ----------------------------------------------------------------------------- weights
     def _stack(self, name: str) -> Tensor:
-        return torch.stack([getattr(b.attn, name) for b in self.blocks])
+        return torch.stack([getattr(self.block(i).attn, name) for i in range(self.cfg.n_layers)])
 
     @property
     def W_Q(self) -> Float[Tensor, "n_layers n_heads d_model d_head"]:
@@ -369,7 +408,7 @@ class LinearAttentionTransformer(HookedRootModule):
     def attention_weights(self, layer: int) -> AttentionWeights:
         """Raw per-head weights of `layer` (detached; no biases; `n_key_value_heads = n_heads`)."""
         self._check_layer(layer)
-        a = self.blocks[layer].attn
+        a = self.block(layer).attn
         return AttentionWeights(
             W_Q=a.W_Q.detach().clone(),
             W_K=a.W_K.detach().clone(),
@@ -386,7 +425,7 @@ class LinearAttentionTransformer(HookedRootModule):
         self._check_layer(layer)
         if not self.cfg.mlp:
             raise IclgdError("this model has no MLP (LinearAttentionConfig.mlp=False)")
-        m = self.blocks[layer].mlp
+        m = self.block(layer).mlp
         return MLPWeights(
             W_in=m.W_in.detach().clone(),
             W_out=m.W_out.detach().clone(),
@@ -425,7 +464,7 @@ class LinearAttentionTransformer(HookedRootModule):
         self._check_layer(layer)
         if not 0 <= head < self.cfg.n_heads:
             raise IclgdError(f"head must be in [0, {self.cfg.n_heads}), got {head}")
-        a = self.blocks[layer].attn
+        a = self.block(layer).attn
         for name, value in (("W_Q", W_Q), ("W_K", W_K), ("W_V", W_V)):
             if value is not None:
                 self._assign(getattr(a, name)[head], torch.as_tensor(value).T, f"{name}^T")
@@ -447,7 +486,7 @@ class LinearAttentionTransformer(HookedRootModule):
         self._check_layer(layer)
         if not self.cfg.mlp:
             raise IclgdError("this model has no MLP (LinearAttentionConfig.mlp=False)")
-        m = self.blocks[layer].mlp
+        m = self.block(layer).mlp
         for name, value in (("W_in", W_in), ("b_in", b_in), ("W_out", W_out), ("b_out", b_out)):
             if value is not None:
                 self._assign(getattr(m, name), value, name)
@@ -463,11 +502,11 @@ class LinearAttentionTransformer(HookedRootModule):
     def merged_qk(self, layer: int, head: int = 0) -> Float[Tensor, "d_model d_model"]:
         """Column-form `W_K^T W_Q` of one head: `score(j, i) = e_i^T (W_K^T W_Q) e_j` (times attn_scale)."""
         self._check_layer(layer)
-        a = self.blocks[layer].attn
+        a = self.block(layer).attn
         return a.W_K[head] @ a.W_Q[head].T
 
     def merged_ov(self, layer: int, head: int = 0) -> Float[Tensor, "d_model d_model"]:
         """Column-form `P W_V` of one head: the head writes `P W_V e_i` per unit of pattern."""
         self._check_layer(layer)
-        a = self.blocks[layer].attn
+        a = self.block(layer).attn
         return (a.W_V[head] @ a.W_O[head]).T

@@ -15,11 +15,11 @@ import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from iclgd.errors import IclgdError
+from iclgd.errors import IclgdError, first_line
 from iclgd.hooks.named_models import (
     converted_folder,
     is_named_model,
@@ -27,7 +27,20 @@ from iclgd.hooks.named_models import (
 )
 from iclgd.hooks.placement import placement_kwargs
 from iclgd.results import read_json
-from iclgd.specs import CHECKPOINT_RE, check_model_folder, is_checkpoint_series, looks_like_path
+from iclgd.specs import (
+    CHECKPOINT_RE,
+    check_model_folder,
+    is_checkpoint_series,
+    list_checkpoints,
+    looks_like_path,
+    select_checkpoint,
+)
+
+if TYPE_CHECKING:
+    from transformer_lens.config import TransformerBridgeConfig
+    from transformer_lens.model_bridge import TransformerBridge
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
 
 _DTYPES = {
     "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
@@ -61,15 +74,15 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
 
 
 def load_model(
-    spec: str | os.PathLike | Mapping[str, Any] | Any,
+    spec: str | os.PathLike[str] | PreTrainedModel | TransformerBridgeConfig | Mapping[str, Any],
     *,
     device: str | torch.device | None = "auto",
     dtype: str | torch.dtype | None = None,
     checkpoint: str | int | None = None,
     device_map: str | Mapping[str, Any] | None = None,
     max_memory: Mapping[Any, Any] | None = None,
-    offload_folder: str | os.PathLike | None = None,
-) -> Any:
+    offload_folder: str | os.PathLike[str] | None = None,
+) -> TransformerBridge:
     """Load a model as a TransformerLens `TransformerBridge` in eval mode, raw weights.
 
     Args:
@@ -92,9 +105,17 @@ def load_model(
         The bridge, with `cfg.iclgd_source`, `cfg.iclgd_checkpoint`, `cfg.iclgd_processing` and
         (named models) `cfg.iclgd_weights` (source file, sha256, quantisation) recorded for
         provenance; `iclgd.hooks.model_provenance(model)` collects them.
+
+    Example:
+        >>> from transformers import GPT2Config, GPT2LMHeadModel
+        >>> hf = GPT2LMHeadModel(GPT2Config(n_layer=2, n_head=4, n_embd=64, vocab_size=100))
+        >>> bridge = load_model(hf, device="cpu")
+        >>> bridge.cfg.n_layers, bridge.cfg.d_model, bridge.cfg.iclgd_processing
+        (2, 64, 'raw')
     """
     from transformer_lens.config import TransformerBridgeConfig
-    from transformer_lens.model_bridge import TransformerBridge
+    from transformer_lens.model_bridge.sources import boot_native
+    from transformers import PreTrainedModel
 
     dev = resolve_device(device)
     dt = resolve_dtype(dtype)
@@ -106,9 +127,10 @@ def load_model(
     if isinstance(spec, TransformerBridgeConfig | Mapping):
         if checkpoint is not None:
             raise IclgdError("checkpoint= is not supported for native (config-built) models")
-        bridge = TransformerBridge.boot_native(spec, device=str(dev), dtype=dt)
+        config = spec if isinstance(spec, TransformerBridgeConfig) else dict(spec)
+        bridge = boot_native(config, device=str(dev), dtype=dt)
         return _finish(bridge, "native", None)
-    if isinstance(spec, torch.nn.Module) and hasattr(spec, "config"):
+    if isinstance(spec, PreTrainedModel):
         return _boot_module(spec, dev, dt)
     if not isinstance(spec, str | os.PathLike):
         raise IclgdError(
@@ -123,10 +145,10 @@ def load_model(
     return _load_hub(str(spec), dev, dt, checkpoint, place)
 
 
-def _load_local(path: Path, dev: torch.device, dt: torch.dtype, checkpoint: str | int | None,
-                place: dict[str, Any]):
-    from iclgd.hooks.checkpoints import list_checkpoints, select_checkpoint
-
+def _load_local(
+    path: Path, dev: torch.device, dt: torch.dtype, checkpoint: str | int | None,
+    place: dict[str, Any],
+) -> TransformerBridge:
     check_model_folder(path)
     if is_checkpoint_series(path):
         label, _step, folder = select_checkpoint(list_checkpoints(path), checkpoint, path)
@@ -139,8 +161,10 @@ def _load_local(path: Path, dev: torch.device, dt: torch.dtype, checkpoint: str 
     return _boot_folder(path, dev, dt, None, place)
 
 
-def _load_named(name: str, dev: torch.device, dt: torch.dtype, checkpoint: str | int | None,
-                place: dict[str, Any]):
+def _load_named(
+    name: str, dev: torch.device, dt: torch.dtype, checkpoint: str | int | None,
+    place: dict[str, Any],
+) -> TransformerBridge:
     if checkpoint is not None:
         raise IclgdError(f"{name} is a single model, not a checkpoint series: drop --checkpoint")
     folder = converted_folder(name)
@@ -157,8 +181,10 @@ def _quiet_transformers() -> None:
     hf_logging.set_verbosity_error()
 
 
-def _boot_folder(folder: Path, dev: torch.device, dt: torch.dtype, label: str | None,
-                 place: dict[str, Any] | None = None):
+def _boot_folder(
+    folder: Path, dev: torch.device, dt: torch.dtype, label: str | None,
+    place: dict[str, Any] | None = None,
+) -> TransformerBridge:
     from transformer_lens.model_bridge import TransformerBridge
 
     _quiet_transformers()
@@ -169,12 +195,12 @@ def _boot_folder(folder: Path, dev: torch.device, dt: torch.dtype, label: str | 
                 str(folder), dtype=dt, tokenizer=tokenizer, **(place or {"device": str(dev)})
             )
         except Exception as err:  # corrupt weights, unsupported architecture, bad config
-            raise IclgdError(f"cannot load the model in {folder}: {_first_line(err)}") from err
+            raise IclgdError(f"cannot load the model in {folder}: {first_line(err)}") from err
     check_finite(bridge, str(folder))
     return _finish(bridge, str(folder), label)
 
 
-def _boot_module(hf_model: torch.nn.Module, dev: torch.device, dt: torch.dtype):
+def _boot_module(hf_model: PreTrainedModel, dev: torch.device, dt: torch.dtype) -> TransformerBridge:
     """Wrap an in-memory HF model (e.g. built with `from_config`) without saving it."""
     from transformer_lens.model_bridge import TransformerBridge
 
@@ -183,17 +209,20 @@ def _boot_module(hf_model: torch.nn.Module, dev: torch.device, dt: torch.dtype):
     name = getattr(cfg, "_name_or_path", "") or type(hf_model).__name__
     vocab = int(getattr(cfg, "vocab_size", 0) or 1)
     hf_model.config._attn_implementation = "eager"
+    torch.nn.Module.to(hf_model, device=dev, dtype=dt)  # in place (transformers' `to` wrapper is untyped)
     with id_tokenizer(vocab) as tokenizer:
         bridge = TransformerBridge.boot_transformers(
-            name, hf_model=hf_model.to(device=dev, dtype=dt), device=str(dev), dtype=dt,
+            name, hf_model=hf_model, device=str(dev), dtype=dt,
             tokenizer=tokenizer,
         )
     check_finite(bridge, name)
     return _finish(bridge, f"in-memory {type(hf_model).__name__}", None)
 
 
-def _load_hub(name: str, dev: torch.device, dt: torch.dtype, checkpoint: str | int | None,
-              place: dict[str, Any]):
+def _load_hub(
+    name: str, dev: torch.device, dt: torch.dtype, checkpoint: str | int | None,
+    place: dict[str, Any],
+) -> TransformerBridge:
     from transformer_lens.model_bridge import TransformerBridge
 
     if looks_like_path(name):
@@ -221,7 +250,7 @@ def _load_hub(name: str, dev: torch.device, dt: torch.dtype, checkpoint: str | i
         bridge = TransformerBridge.boot_transformers(name, dtype=dt, **place, **kwargs)
     except Exception as err:  # network, missing revision, unsupported architecture, ...
         raise IclgdError(
-            f"cannot load model {name!r}: {_first_line(err)} (unknown model? pass a local "
+            f"cannot load model {name!r}: {first_line(err)} (unknown model? pass a local "
             "folder, or make the weights available in the local Hugging Face cache)"
         ) from err
     check_finite(bridge, name)
@@ -238,7 +267,7 @@ def _in_local_cache(name: str) -> bool:
         return False
 
 
-def _finish(bridge: Any, source: str, label: str | None) -> Any:
+def _finish(bridge: TransformerBridge, source: str, label: str | None) -> TransformerBridge:
     bridge.eval()
     bridge.cfg.iclgd_source = source
     bridge.cfg.iclgd_checkpoint = label
@@ -246,7 +275,7 @@ def _finish(bridge: Any, source: str, label: str | None) -> Any:
     return bridge
 
 
-def check_finite(model: Any, where: str) -> None:
+def check_finite(model: torch.nn.Module, where: str) -> None:
     """Raise `IclgdError` naming the first parameter holding NaN or inf."""
     hf = getattr(model, "original_model", model)
     for name, p in hf.named_parameters():
@@ -265,7 +294,7 @@ def _vocab_size(folder: Path) -> int:
 
 
 @contextmanager
-def id_tokenizer(vocab_size: int) -> Iterator[Any]:
+def id_tokenizer(vocab_size: int) -> Iterator[PreTrainedTokenizerBase]:
     """A tokenizer for models saved without one, as a context: token `i` is the string `<i>`.
 
     Text like `"<3> <17> <5>"` encodes to `[3, 17, 5]`; models are usually fed token ids
@@ -287,8 +316,3 @@ def id_tokenizer(vocab_size: int) -> Iterator[Any]:
     with tempfile.TemporaryDirectory(prefix="iclgd-id-tokenizer-") as folder:
         fast.save_pretrained(folder)
         yield AutoTokenizer.from_pretrained(folder)
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__

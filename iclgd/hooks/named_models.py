@@ -214,7 +214,7 @@ def _write_hf_folder(gguf: Path, out: Path) -> None:
     for attr in ("quantization_config", "_model_name_or_path"):
         if hasattr(config, attr):
             delattr(config, attr)
-    plain = type(loaded)(config).to(torch.float32)
+    plain = type(loaded)(config).float()
     plain.load_state_dict(loaded.state_dict())
     plain.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)

@@ -8,10 +8,19 @@ Values are the checkpoint's raw tensors, rearranged only (no LayerNorm folding, 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, TypeAlias
 
-import torch
 from jaxtyping import Float
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
+
+    from iclgd.hooks.linear_attention import LinearAttentionTransformer
+
+HookedModel: TypeAlias = "TransformerBridge | LinearAttentionTransformer"
+"""Any model iclgd captures activations from: what `load_model` returns, or iclgd's own
+`LinearAttentionTransformer` (which takes float token vectors)."""
 
 
 @dataclass
@@ -74,11 +83,3 @@ class MLPWeights:
         if self.W_gate is not None:
             out["W_gate"] = self.W_gate
         return out
-
-
-def to_float(t: Tensor | None, dtype: torch.dtype | None = None) -> Tensor | None:
-    """Detach a weight and optionally cast it (None passes through)."""
-    if t is None:
-        return None
-    t = t.detach()
-    return t.to(dtype) if dtype is not None else t

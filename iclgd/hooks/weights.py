@@ -3,14 +3,10 @@
 `attention_weights(model, layer)` and `mlp_weights(model, layer)` return the checkpoint's own
 tensors, only rearranged into TransformerLens shapes (`W_Q [n_heads, d_model, d_head]`,
 `W_O [n_heads, d_head, d_model]`, `W_in [d_model, d_mlp]`): no LayerNorm folding, no
-centering, no value-bias folding (Shen et al.'s density argument needs raw weights,
-REFERENCE §4 "Density"). Handled layouts:
-
-- GPT-2 `Conv1D` (`c_attn` holds `[d_model, 3 d_model]`, applied as `x @ W`);
-- GPT-NeoX / Pythia / BLOOM fused `query_key_value` (`[n_heads · 3 · d_head, d_model]`,
-  interleaved per head: q, k, v rows of head 0, then of head 1, ...);
-- separate `q_proj`/`k_proj`/`v_proj`/`o_proj` (Llama, Mistral, Qwen, Gemma, OPT, GPT-J, ...),
-  with grouped-query attention: K and V keep `n_key_value_heads` heads.
+centering, no value-bias folding (Shen et al. 2024's density argument is about the raw weights;
+TransformerLens' processing makes sparse matrices dense). The HF layouts handled (GPT-2
+`Conv1D`, GPT-NeoX fused and interleaved `query_key_value`, separate projections with
+grouped-query attention) are described, and located, in `iclgd.hooks.layouts`.
 
 Every function also accepts `params`, an HF-named state dict, to read other weights through the
 same layout (e.g. a finetuned copy: `ΔW_K = attention_weights(m, l, params=after).W_K -
@@ -19,37 +15,23 @@ attention_weights(m, l).W_K`).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
+import torch
+from einops import rearrange
 from torch import Tensor, nn
 
 from iclgd.errors import IclgdError
+from iclgd.hooks.layouts import (
+    AttentionParams,
+    LayerLayout,
+    attention_params,
+    mlp_params,
+)
+from iclgd.hooks.layouts import layer_layout as _layout_of
 from iclgd.hooks.placement import check_in_memory
 from iclgd.hooks.types import AttentionWeights, MLPWeights
-
-_ATTN_MODULES = ("attn", "attention", "self_attn", "self_attention")
-_O_NAMES = ("o_proj", "out_proj", "dense", "c_proj", "wo")
-_MLP_MODULES = ("mlp", "feed_forward", "ffn")
-_MLP_LAYOUTS = (  # (in, gate, out), all nn.Linear; gate None when ungated
-    ("up_proj", "gate_proj", "down_proj"),
-    ("dense_h_to_4h", None, "dense_4h_to_h"),
-    ("fc_in", None, "fc_out"),
-    ("fc1", None, "fc2"),
-    ("w1", None, "w2"),
-)
-
-
-@dataclass(frozen=True)
-class LayerLayout:
-    """Where one model family keeps its per-layer weights in the HF state dict."""
-
-    layer_prefix: str  # e.g. "gpt_neox.layers." ; layer l's keys start with f"{prefix}{l}."
-    n_heads: int
-    n_kv_heads: int
-    d_head: int
-    model_type: str
 
 
 def hf_state_dict(model: nn.Module) -> dict[str, Tensor]:
@@ -79,7 +61,6 @@ def _canonical_keys(hf: nn.Module) -> list[str] | None:
     cfg = getattr(hf, "config", None)
     if cfg is None or "._original_component" not in "".join(n for n, _ in hf.named_modules()):
         return None
-    import torch
     from transformers import AutoModelForCausalLM
 
     with torch.device("meta"):
@@ -102,7 +83,6 @@ def hf_module(model: nn.Module) -> nn.Module:
     hf = getattr(model, "original_model", None)
     if hf is None:
         return model
-    import torch
     from transformers import AutoModelForCausalLM
 
     cfg = hf.config
@@ -129,6 +109,15 @@ def hf_module(model: nn.Module) -> nn.Module:
     return plain.eval()
 
 
+@runtime_checkable
+class OwnWeightViews(Protocol):
+    """A model that provides its own raw weight views (iclgd's `LinearAttentionTransformer`)."""
+
+    def attention_weights(self, layer: int) -> AttentionWeights: ...
+
+    def mlp_weights(self, layer: int) -> MLPWeights: ...
+
+
 def _state_dict(model: nn.Module, params: Mapping[str, Tensor] | None) -> Mapping[str, Tensor]:
     if params is not None:
         return params
@@ -136,63 +125,24 @@ def _state_dict(model: nn.Module, params: Mapping[str, Tensor] | None) -> Mappin
 
 
 def layer_layout(model: nn.Module, params: Mapping[str, Tensor] | None = None) -> LayerLayout:
-    """Find the per-layer key prefix and head geometry of an HF causal LM (or a bridge)."""
+    """The per-layer key prefix and head geometry (`iclgd.hooks.layouts.LayerLayout`) of an HF
+    causal LM or a bridge, found in its state dict (or in `params`)."""
     hf = getattr(model, "original_model", model)
-    cfg = getattr(hf, "config", None)
-    if cfg is None:
-        raise IclgdError(
-            f"{type(model).__name__} has no Hugging Face config: raw weights are read from "
-            "Hugging Face models (or LinearAttentionTransformer)"
-        )
-    text = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
-    n_layers = _first_attr(text, ("num_hidden_layers", "n_layer", "num_layers"))
-    n_heads = _first_attr(text, ("num_attention_heads", "n_head", "num_heads"))
-    d_model = _first_attr(text, ("hidden_size", "n_embd", "d_model"))
-    n_kv = getattr(text, "num_key_value_heads", None) or n_heads
-    d_head = getattr(text, "head_dim", None) or d_model // n_heads
-    keys = list(_state_dict(model, params).keys())
-    counts: dict[str, set[int]] = {}
-    for key in keys:
-        m = re.match(r"^(.*?\.)(\d+)\.", key)
-        if m:
-            counts.setdefault(m.group(1), set()).add(int(m.group(2)))
-    prefixes = [p for p, idx in counts.items() if idx == set(range(n_layers))]
-    if not prefixes:
-        raise IclgdError(
-            f"cannot find the {n_layers} transformer layers in the state dict of "
-            f"{type(hf).__name__}: this architecture's weight layout is not supported"
-        )
-    prefix = min(prefixes, key=len)
-    return LayerLayout(prefix, int(n_heads), int(n_kv), int(d_head), str(text.model_type))
+    return _layout_of(hf, _state_dict(model, params).keys())
 
 
-def _first_attr(cfg: object, names: tuple[str, ...]) -> int:
-    for name in names:
-        value = getattr(cfg, name, None)
-        if value is not None:
-            return int(value)
-    raise IclgdError(f"config {type(cfg).__name__} has none of {names}")
-
-
-def _check_layer(layer: int, prefix: str, sd: Mapping[str, Tensor]) -> None:
-    if not any(k.startswith(f"{prefix}{layer}.") for k in sd):
-        n = len({k[len(prefix):].split(".")[0] for k in sd if k.startswith(prefix)})
-        raise IclgdError(f"layer {layer} is out of range: the model has {n} layers (0..{n - 1})")
-
-
-def _find(sd: Mapping[str, Tensor], base: str, modules: tuple[str, ...], names: tuple[str, ...],
-          suffix: str = "weight") -> str | None:
-    for mod in modules:
-        for name in names:
-            key = f"{base}{mod}.{name}.{suffix}"
-            if key in sd:
-                return key
-    return None
-
-
-def _heads_in(w_t: Tensor, n: int, d_head: int) -> Tensor:
-    """`[d_model, n*d_head]` (x @ W layout) → `[n, d_model, d_head]`."""
-    return w_t.reshape(w_t.shape[0], n, d_head).permute(1, 0, 2)
+def _projection(sd: Mapping[str, Tensor], ap: AttentionParams, part: str
+                ) -> tuple[Tensor, Tensor | None]:
+    """Projection `part` (q, k or v) as `[heads · d_head, d_model]` (output features first,
+    head-major) and its bias `[heads · d_head]` or None."""
+    w = sd[ap.weights[part]].detach()
+    w = w if ap.out_axis[part] == 0 else w.T  # output features on axis 0
+    bias_key = ap.bias(part, sd)
+    b = None if bias_key is None else sd[bias_key].detach()
+    rows = ap.rows(part)
+    if rows is not None:
+        w, b = w[rows.to(w.device)], None if b is None else b[rows.to(b.device)]
+    return w, b
 
 
 def attention_weights(
@@ -204,65 +154,32 @@ def attention_weights(
     `[n_key_value_heads, d_model, d_head]`, `W_O [n_heads, d_head, d_model]`, biases or None,
     convention `q_h = x @ W_Q[h] + b_Q[h]` (TransformerLens row-vector form). `model` is a
     TransformerBridge, an HF model, or an iclgd `LinearAttentionTransformer`.
+
+    Example:
+        >>> w = attention_weights(model, 0)
+        >>> tuple(w.W_K.shape)  # [n_heads, d_model, d_head]
+        (4, 64, 16)
     """
-    if hasattr(model, "attention_weights") and params is None:
+    if isinstance(model, OwnWeightViews) and params is None:
         return model.attention_weights(layer)  # iclgd's own modules
     sd = _state_dict(model, params)
     lay = layer_layout(model, sd)
-    _check_layer(layer, lay.layer_prefix, sd)
-    base = f"{lay.layer_prefix}{layer}."
-    h, kv, dh = lay.n_heads, lay.n_kv_heads, lay.d_head
-
-    def get(key: str | None) -> Tensor | None:
-        return None if key is None else sd[key].detach()
-
-    c_attn = _find(sd, base, _ATTN_MODULES, ("c_attn",))
-    fused = _find(sd, base, _ATTN_MODULES, ("query_key_value",))
-    if c_attn is not None:  # GPT-2 Conv1D: y = x @ W + b, W [d_model, 3*d_model]
-        w = get(c_attn)
-        b = get(c_attn[: -len("weight")] + "bias") if c_attn[: -len("weight")] + "bias" in sd else None
-        wq, wk, wv = w.split(h * dh, dim=1)
-        W_Q, W_K, W_V = (_heads_in(x, h, dh) for x in (wq, wk, wv))
-        b_Q = b_K = b_V = None
-        if b is not None:
-            b_Q, b_K, b_V = (x.reshape(h, dh) for x in b.split(h * dh))
-        o_key = _find(sd, base, _ATTN_MODULES, ("c_proj",))
-        W_O = get(o_key).reshape(h, dh, -1)
-    elif fused is not None:  # NeoX/BLOOM: Linear, rows interleaved [n_heads, 3, d_head]
-        w = get(fused)
-        d_model = w.shape[1]
-        per = w.reshape(h, 3, dh, d_model)
-        W_Q, W_K, W_V = (per[:, j].transpose(1, 2) for j in range(3))
-        bias_key = fused[: -len("weight")] + "bias"
-        b_Q = b_K = b_V = None
-        if bias_key in sd:
-            bb = get(bias_key).reshape(h, 3, dh)
-            b_Q, b_K, b_V = bb[:, 0], bb[:, 1], bb[:, 2]
-        o_key = _find(sd, base, _ATTN_MODULES, ("dense", "o_proj", "out_proj"))
-        W_O = get(o_key).T.reshape(h, dh, -1)
-    else:  # separate nn.Linear projections, weight [out, in]
-        keys = {n: _find(sd, base, _ATTN_MODULES, (f"{n}_proj", n)) for n in ("q", "k", "v")}
-        o_key = _find(sd, base, _ATTN_MODULES, _O_NAMES)
-        if None in keys.values() or o_key is None:
-            raise IclgdError(
-                f"unsupported attention layout in layer {layer} of {lay.model_type}: expected "
-                "c_attn (GPT-2), query_key_value (GPT-NeoX) or q_proj/k_proj/v_proj/o_proj"
-            )
-        W_Q = _heads_in(get(keys["q"]).T, h, dh)
-        W_K = _heads_in(get(keys["k"]).T, kv, dh)
-        W_V = _heads_in(get(keys["v"]).T, kv, dh)
-        W_O = get(o_key).T.reshape(h, dh, -1)
-
-        def bias(key: str, n: int) -> Tensor | None:
-            bk = key[: -len("weight")] + "bias"
-            return get(bk).reshape(n, dh) if bk in sd else None
-
-        b_Q, b_K, b_V = bias(keys["q"], h), bias(keys["k"], kv), bias(keys["v"], kv)
-    ob = o_key[: -len("weight")] + "bias"
+    ap = attention_params(sd.keys(), lay, layer)
+    heads: dict[str, Tensor] = {}
+    biases: dict[str, Tensor | None] = {}
+    for part in ("q", "k", "v"):
+        w, b = _projection(sd, ap, part)
+        heads[part] = rearrange(w, "(h e) d -> h d e", h=lay.heads(part))
+        biases[part] = None if b is None else rearrange(b, "(h e) -> h e", h=lay.heads(part))
+    w_o = sd[ap.weights["o"]].detach()  # output projection: input features are the heads
+    w_o = w_o if ap.out_axis["o"] == 1 else w_o.T  # → [n_heads · d_head, d_model]
+    o_bias = ap.bias("o", sd)
     return AttentionWeights(
-        W_Q=W_Q, W_K=W_K, W_V=W_V, W_O=W_O, b_Q=b_Q, b_K=b_K, b_V=b_V,
-        b_O=get(ob) if ob in sd else None,
-        n_heads=h, n_key_value_heads=W_K.shape[0], layer=layer,
+        W_Q=heads["q"], W_K=heads["k"], W_V=heads["v"],
+        W_O=rearrange(w_o, "(h e) d -> h e d", h=lay.n_heads),
+        b_Q=biases["q"], b_K=biases["k"], b_V=biases["v"],
+        b_O=None if o_bias is None else sd[o_bias].detach(),
+        n_heads=lay.n_heads, n_key_value_heads=heads["k"].shape[0], layer=layer,
     )
 
 
@@ -270,32 +187,29 @@ def mlp_weights(
     model: nn.Module, layer: int, *, params: Mapping[str, Tensor] | None = None
 ) -> MLPWeights:
     """Raw MLP weights of `layer`: `W_in [d_model, d_mlp]`, `W_out [d_mlp, d_model]`, and
-    `W_gate [d_model, d_mlp]` for gated (SwiGLU) MLPs; convention `x @ W_in` (row vectors)."""
-    if hasattr(model, "mlp_weights") and params is None:
+    `W_gate [d_model, d_mlp]` for gated (SwiGLU) MLPs; convention `x @ W_in` (row vectors).
+
+    Example:
+        >>> tuple(mlp_weights(model, 0).W_in.shape)  # [d_model, d_mlp]
+        (64, 256)
+    """
+    if isinstance(model, OwnWeightViews) and params is None:
         return model.mlp_weights(layer)
     sd = _state_dict(model, params)
-    lay = layer_layout(model, sd)
-    _check_layer(layer, lay.layer_prefix, sd)
-    base = f"{lay.layer_prefix}{layer}."
+    mp = mlp_params(sd.keys(), layer_layout(model, sd), layer)
+
+    def weight(key: str | None) -> Tensor | None:
+        if key is None:
+            return None
+        w = sd[key].detach()
+        return w.T if mp.transposed else w
 
     def bias(key: str) -> Tensor | None:
-        bk = key[: -len("weight")] + "bias"
+        bk = key.removesuffix("weight") + "bias"
         return sd[bk].detach() if bk in sd else None
 
-    c_fc = _find(sd, base, _MLP_MODULES, ("c_fc",))
-    if c_fc is not None:  # GPT-2 Conv1D
-        c_proj = _find(sd, base, _MLP_MODULES, ("c_proj",))
-        return MLPWeights(W_in=sd[c_fc].detach(), W_out=sd[c_proj].detach(), b_in=bias(c_fc),
-                          b_out=bias(c_proj), layer=layer)
-    for n_in, n_gate, n_out in _MLP_LAYOUTS:
-        k_in = _find(sd, base, _MLP_MODULES, (n_in,))
-        k_out = _find(sd, base, _MLP_MODULES, (n_out,))
-        if k_in is None or k_out is None:
-            continue
-        k_gate = _find(sd, base, _MLP_MODULES, (n_gate,)) if n_gate else None
-        return MLPWeights(
-            W_in=sd[k_in].detach().T, W_out=sd[k_out].detach().T,
-            W_gate=None if k_gate is None else sd[k_gate].detach().T,
-            b_in=bias(k_in), b_out=bias(k_out), layer=layer,
-        )
-    raise IclgdError(f"unsupported MLP layout in layer {layer} of {lay.model_type}")
+    w_in, w_out = weight(mp.w_in), weight(mp.w_out)
+    if w_in is None or w_out is None:  # pragma: no cover - mlp_params always names both
+        raise IclgdError(f"layer {layer} has no MLP weights")
+    return MLPWeights(W_in=w_in, W_out=w_out, W_gate=weight(mp.w_gate), b_in=bias(mp.w_in),
+                      b_out=bias(mp.w_out), layer=layer)

@@ -1,4 +1,5 @@
-"""Weight-space comparison of ICL and finetuning (Dai et al. 2023's dual form; REFERENCE §4).
+"""Weight-space comparison of ICL and finetuning (Dai et al. 2023's dual form, §3.1 "Transformer
+Attention as Meta-Optimization"; the comparison of the matrices themselves is iclgd's own).
 
 Dual form. Drop the softmax: a head's output for a query vector `q` (column, `d_head`) over key
 tokens `X'` (demonstrations) and `X` (the query's own tokens) is
@@ -36,8 +37,11 @@ from torch import Tensor
 
 from iclgd.data.tasks import TokenizedTask
 from iclgd.errors import IclgdError
-from iclgd.hooks import attention_weights, capture
-from iclgd.probes.finetune import WeightDelta, applied
+from iclgd.hooks.capture import capture
+from iclgd.hooks.edit import finetuned
+from iclgd.hooks.names import act_name
+from iclgd.hooks.weights import attention_weights
+from iclgd.probes.finetune import WeightDelta
 
 
 @dataclass(frozen=True)
@@ -61,12 +65,8 @@ def attention_inputs(model: Any, tokens: Tensor, layer: int) -> Float[Tensor, "p
         if tokens.shape[0] != 1:
             raise IclgdError("give one prompt (tokens [pos] or [1, pos])")
         tokens = tokens[0]
-    name = f"blocks.{layer}.attn.hook_in"
+    name = act_name("attn.hook_in", layer)
     return capture(model, tokens[None], [name])[name][0].double()
-
-
-def _keys_values(model: Any, layer: int, x: Tensor, params: Mapping[str, Tensor] | None):
-    return keys_values(attention_weights(model, layer, params=params), x)
 
 
 def keys_values(w: Any, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -117,7 +117,7 @@ def implied_delta_w(
     """
     tokens, pos = _positions(demonstrations, row, positions)
     x = attention_inputs(model, tokens, layer)[pos]
-    k, v = _keys_values(model, layer, x, None)
+    k, v = keys_values(attention_weights(model, layer), x)
     return FactoredDelta(v.transpose(-1, -2), k.transpose(-1, -2), layer)
 
 
@@ -139,14 +139,10 @@ def finetuned_delta_w(
         raise IclgdError(f"inputs must be 'base' or 'own', got {inputs!r}")
     tokens, pos = _positions(query_tokens, 0, positions)
     x = attention_inputs(model, tokens, layer)[pos]
-    after = delta.params_after(model)
-    if inputs == "own":
-        with applied(model, delta):
-            x_ft = attention_inputs(model, tokens, layer)[pos]
-    else:
-        x_ft = x
-    k, v = _keys_values(model, layer, x, None)
-    k2, v2 = _keys_values(model, layer, x_ft, after)
+    k, v = keys_values(attention_weights(model, layer), x)
+    with finetuned(model, delta):
+        x_ft = attention_inputs(model, tokens, layer)[pos] if inputs == "own" else x
+        k2, v2 = keys_values(attention_weights(model, layer), x_ft)
     left = torch.cat([v2, -v], dim=1).transpose(-1, -2)
     right = torch.cat([k2, k], dim=1).transpose(-1, -2)
     return FactoredDelta(left, right, layer)

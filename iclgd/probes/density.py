@@ -1,4 +1,5 @@
-"""Density and sparsity of one weight tensor (Shen et al. 2024, REFERENCE §4 "Density").
+"""Density and sparsity of one weight tensor (Shen, Mishra & Khashabi 2024, the weight-density
+argument).
 
 Pure functions on a tensor; every computation runs in float64 on a detached copy, so the caller's
 dtype (bf16, fp16) never changes the answer beyond the rounding already in the weights.
@@ -37,7 +38,12 @@ def threshold_key(tau: float) -> str:
 
 
 def fraction_below(w: Tensor, tau: float) -> float:
-    """Fraction of entries with `|w| < tau` (strict), over all entries of `w` (Shen et al.)."""
+    """Fraction of entries with `|w| < tau` (strict), over all entries of `w` (Shen et al.).
+
+    Example:
+        >>> fraction_below(torch.tensor([0.001, 0.5, -0.002, 1.0]), 1e-2)
+        0.5
+    """
     if tau < 0:
         raise IclgdError(f"threshold tau must be >= 0, got {tau}")
     x = _flat64(w)
@@ -61,6 +67,10 @@ def hoyer(w: Tensor) -> float:
     """Hoyer sparsity `(sqrt(N) - ||w||_1 / ||w||_2) / (sqrt(N) - 1)` over all N entries.
 
     1 for a single non-zero entry, 0 when all |w_i| are equal. All-zero `w` → 1.0; N = 1 → 1.0.
+
+    Example:
+        >>> hoyer(torch.tensor([0.0, 0.0, 3.0, 0.0])), hoyer(torch.ones(4))
+        (1.0, 0.0)
     """
     x = _flat64(w)
     n = x.numel()
@@ -114,6 +124,10 @@ def stable_rank(w: Tensor) -> float:
     its own linear map: the result is the **mean over heads of the per-head stable ranks**
     (`stable_ranks(w)` gives them one by one). For the whole projection instead, pass the 2-D
     concatenation, e.g. `W_K.permute(1, 0, 2).reshape(d_model, -1)`.
+
+    Example:
+        >>> stable_rank(torch.eye(3)), stable_rank(torch.ones(3, 3))
+        (3.0, 1.0)
     """
     if w.ndim == 2:
         return float(stable_ranks(w))

@@ -1,4 +1,5 @@
-"""Weight drift between checkpoints (Shen et al. 2024's weight-evolution argument, REFERENCE §1.3).
+"""Weight drift between checkpoints (Shen, Mishra & Khashabi 2024's weight-evolution
+argument).
 
 `θ` is every attention and MLP weight matrix of every layer — `W_Q`, `W_K`, `W_V`, `W_O`,
 `W_in`, `W_out` (and `W_gate` for gated MLPs) — taken raw (no LayerNorm folding, no centering)

@@ -1,10 +1,12 @@
-"""Finetuning baselines for ICL-vs-GD probes (the "FT" side, REFERENCE §5), never in place.
+"""Finetuning baselines for ICL-vs-GD probes (the "FT" side of Dai et al. 2023, §3; Deutch et
+al. 2024, §4; Shen et al. 2024, §3), never in place.
 
-`finetune(model, demos, method=..., lr=...)` trains a functional copy of the weights of a
+`finetune(model, demos, method="gd")` trains a functional copy of the weights of a
 TransformerBridge's Hugging Face module (`iclgd.hooks.hf_module`) with
 `torch.func.functional_call` and returns the update as a `WeightDelta` (HF-named
 `{param_name: W_after − W_before}` over the parameters it trained, plus the settings and the loss
-of every step). The caller's model is never modified.
+of every step). The caller's model is never modified; run the finetuned model with
+`iclgd.hooks.finetuned(model, delta)`.
 
 `finetune_batched(model, demos_batch, ...)` trains many tasks (or orderings, or seeds) at once:
 the trained parameters are stacked along a task axis and every step is one
@@ -33,8 +35,8 @@ kv, layer-causal, wv-layer). Conventions:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,7 +46,6 @@ from torch.func import grad_and_value, vmap
 
 from iclgd.data.tasks import TokenizedDemos, stack_demos
 from iclgd.errors import IclgdError
-from iclgd.hooks.checkpoints import refresh_split_weights
 from iclgd.hooks.precision import wide_dtype, widen
 from iclgd.hooks.weights import hf_module
 from iclgd.probes.finetune_methods import (
@@ -61,7 +62,15 @@ _BETAS, _EPS = (0.9, 0.999), 1e-8
 class WeightDelta:
     """A finetuning update: `deltas = {hf_param_name: W_after − W_before}` over the trained
     parameters, the settings that produced it, and `losses` (one per step, measured before that
-    step's update; for `layer-causal` the sum over layers)."""
+    step's update; for `layer-causal` the sum over layers).
+
+    Example:
+        >>> delta = finetune(model, demos_from_token_examples(tokens), method="wv-layer", layer=1)
+        >>> sorted(delta.deltas)  # GPT-2's fused c_attn: only its W_V columns change
+        ['transformer.h.1.attn.c_attn.bias', 'transformer.h.1.attn.c_attn.weight']
+        >>> delta.metadata()["method"], delta.metadata()["layer"]
+        ('wv-layer', 1)
+    """
 
     deltas: dict[str, Tensor]
     method: str
@@ -73,10 +82,12 @@ class WeightDelta:
     seed: int = 0
     losses: list[float] = field(default_factory=list)
 
-    def params_after(self, model: Any) -> dict[str, Tensor]:
+    def params_after(self, model: nn.Module) -> dict[str, Tensor]:
         """Every HF parameter of `model` (tied aliases included) with the delta added: the
-        finetuned weights as a state dict for `functional_call` or
-        `iclgd.hooks.attention_weights(model, l, params=...)`."""
+        finetuned weights as a new state dict, to *read* them
+        (`iclgd.hooks.attention_weights(model, l, params=...)`) or to differentiate through
+        them (`torch.func.functional_call`). To *run* the finetuned model, use
+        `iclgd.hooks.finetuned(model, delta)`."""
         hf = hf_module(model)
         canonical = {id(p): n for n, p in hf.named_parameters()}
         out = {}
@@ -94,11 +105,11 @@ class WeightDelta:
 
 
 def finetune(
-    model: Any,
+    model: nn.Module,
     demonstrations: TokenizedDemos,
     *,
-    method: str,
-    lr: float,
+    method: str = "gd",
+    lr: float | None = None,
     epochs: int = 1,
     batch_size: int | None = None,
     loss_on: str | None = None,
@@ -107,11 +118,18 @@ def finetune(
 ) -> WeightDelta:
     """Finetune on one task's demonstrations (`tokens [n_demos, seq]`) and return the update.
 
-    `method` ∈ gd, sgd, adam, kv, layer-causal, wv-layer (table in `finetune_methods`);
+    `method` ∈ gd, sgd, adam, kv, layer-causal, wv-layer (table in `finetune_methods`); `lr`
+    None = the method's untuned default (`MethodSpec.lr`: 1e-3 for adam, 1e-2 otherwise);
     `batch_size` None = the method's default (1, or all demonstrations for gd / wv-layer, which
     are full batch and reject another value); `loss_on` None = the method's default ("all" for
     kv / layer-causal as Dai, "label" otherwise); `layer` is required by wv-layer. A non-finite
     loss or update raises `IclgdError` naming the step and method.
+
+    Example:
+        >>> demos = demos_from_token_examples(torch.tensor([[5, 6, 7], [8, 9, 10]]))
+        >>> delta = finetune(model, demos)  # full-batch GD on the label (last) tokens
+        >>> delta.method, delta.lr, len(delta.losses)
+        ('gd', 0.01, 1)
     """
     if demonstrations.tokens.ndim != 2:
         raise IclgdError(
@@ -128,11 +146,11 @@ def finetune(
 
 
 def finetune_batched(
-    model: Any,
+    model: nn.Module,
     demonstrations_batch: TokenizedDemos | Sequence[TokenizedDemos],
     *,
-    method: str,
-    lr: float,
+    method: str = "gd",
+    lr: float | None = None,
     epochs: int = 1,
     batch_size: int | None = None,
     loss_on: str | None = None,
@@ -153,11 +171,11 @@ def finetune_batched(
 
 
 def finetune_batched_epochs(
-    model: Any,
+    model: nn.Module,
     demonstrations_batch: TokenizedDemos | Sequence[TokenizedDemos],
     *,
-    method: str,
-    lr: float,
+    method: str = "gd",
+    lr: float | None = None,
     epochs: Sequence[int],
     on_epoch: Callable[[int, list[WeightDelta]], None],
     batch_size: int | None = None,
@@ -170,7 +188,7 @@ def finetune_batched_epochs(
     each equal to a separate `finetune_batched(..., epochs=e)` (constant learning rate, fixed
     batch order, Adam's bias correction by step: a run of e epochs is the first e epochs of the
     longer run). The callback runs between epochs on the unmodified model (it may evaluate it,
-    and must leave its weights as they were, as `applied` does); only the current snapshot is
+    and must leave its weights as they were, as `iclgd.hooks.finetuned` does); only the current snapshot is
     held in memory."""
     demos = demonstrations_batch
     if not isinstance(demos, TokenizedDemos):
@@ -186,37 +204,6 @@ def finetune_batched_epochs(
            on_epoch=on_epoch)
 
 
-@contextmanager
-def applied(model: Any, delta: WeightDelta) -> Iterator[Any]:
-    """Temporarily add `delta` to the model's own weights (in place, no grad), e.g. to run
-    `iclgd.hooks.capture` on the finetuned model (a bridge's split copies of fused q/k/v
-    weights are refreshed); the original tensors are copied back exactly on exit. Weights inside the block are `W_before + delta` (equal to the trained weights up to
-    one rounding)."""
-    named = dict(hf_module(model).named_parameters())
-    missing = [n for n in delta.deltas if n not in named]
-    if missing:
-        raise IclgdError(f"the delta names parameters this model lacks: {missing[:3]}")
-    saved = {n: named[n].detach().clone() for n in delta.deltas}
-    try:
-        with torch.no_grad():
-            for n, d in delta.deltas.items():
-                wide = widen(named[n])  # one rounding for bf16/fp16 weights
-                named[n].copy_(wide + d.to(wide.device, wide.dtype))
-        _resplit_fused_qkv(model)
-        yield model
-    finally:
-        with torch.no_grad():
-            for n, w in saved.items():
-                named[n].copy_(w)
-        _resplit_fused_qkv(model)
-
-
-def _resplit_fused_qkv(model: Any) -> None:
-    """Make a TransformerBridge's forward see HF tensors changed in place (fused QKV copies)."""
-    if hasattr(model, "original_model"):
-        refresh_split_weights(model)
-
-
 def _check_settings(lr: float, epochs: int, batch_size: int | None) -> None:
     if not (isinstance(lr, int | float) and math.isfinite(lr) and lr > 0):
         raise IclgdError(f"learning rate must be a finite number > 0, got {lr!r}")
@@ -227,13 +214,14 @@ def _check_settings(lr: float, epochs: int, batch_size: int | None) -> None:
 
 
 def _train(
-    model: Any, demos: TokenizedDemos, *, method: str, lr: float, epochs: int,
+    model: nn.Module, demos: TokenizedDemos, *, method: str, lr: float | None, epochs: int,
     batch_size: int | None, loss_on: str | None, layer: int | None, seed: int, batched: bool,
     snapshots: set[int], on_epoch: Callable[[int, list[WeightDelta]], None],
 ) -> None:
     """Train for `epochs`; after each epoch count in `snapshots` call `on_epoch(count, [delta
     per task])` (outside any training hook, with the model's own weights untouched)."""
     spec = method_spec(method)
+    lr = spec.lr if lr is None else lr
     _check_settings(lr, epochs, batch_size)
     loss_on = loss_on or spec.loss_on
     hf: nn.Module = hf_module(model)
@@ -302,7 +290,9 @@ def _train(
             ])
 
 
-def _in_run_dtype(loss: Callable[..., Tensor], dtypes: dict[str, torch.dtype]):
+def _in_run_dtype(
+    loss: Callable[..., Tensor], dtypes: dict[str, torch.dtype]
+) -> Callable[..., Tensor]:
     """`loss` with the (float32 master) trainable tensors cast to the model's own dtypes."""
     if all(dtypes[n] == wide_dtype(dtypes[n]) for n in dtypes):
         return loss
@@ -323,7 +313,7 @@ def _update(
     `θ ← θ − lr · (m / (1 − β1^t)) / (√(v / (1 − β2^t)) + ε)`.
     """
     names = list(grads)
-    g = [grads[n] if masks[n] is None else grads[n] * masks[n] for n in names]
+    g = [grads[n] if (mask := masks[n]) is None else grads[n] * mask for n in names]
     norms = torch.stack(torch._foreach_norm(g))  # one pass: NaN/inf anywhere → non-finite norm
     if not torch.isfinite(norms).all():
         bad = names[int((~torch.isfinite(norms)).nonzero()[0])]

@@ -1,39 +1,40 @@
 """The pieces `iclgd.probes.finetune` combines: which weights each method trains, and the loss.
 
-Methods (REFERENCE §5), fixed here:
+Methods, fixed here (Dai et al. 2023, §3 and Appendix; Deutch et al. 2024, §4; Shen et al. 2024,
+§3):
 
-| method         | weights trained                       | batch                 | optimiser | loss_on default |
-|----------------|---------------------------------------|-----------------------|-----------|-----------------|
-| `gd`           | all                                   | all demonstrations    | SGD       | label (Shen)    |
-| `sgd`          | all                                   | 1, prompt order       | SGD       | label (Shen)    |
-| `adam`         | all                                   | 1, prompt order       | Adam      | label (Shen)    |
-| `kv`           | W_K, W_V (+ biases) of every layer    | 1, prompt order       | SGD       | all (Dai)       |
-| `layer-causal` | W_K, W_V (+ biases) of every layer    | 1, prompt order       | SGD       | all (Deutch)    |
-| `wv-layer`     | W_V (+ bias) of layer `layer`         | all demonstrations    | SGD       | label (Shen)    |
+| method         | weights trained                       | batch                 | optimiser | loss_on default | lr    |
+|----------------|---------------------------------------|-----------------------|-----------|-----------------|-------|
+| `gd`           | all                                   | all demonstrations    | SGD       | label (Shen)    | 1e-2  |
+| `sgd`          | all                                   | 1, prompt order       | SGD       | label (Shen)    | 1e-2  |
+| `adam`         | all                                   | 1, prompt order       | Adam      | label (Shen)    | 1e-3  |
+| `kv`           | W_K, W_V (+ biases) of every layer    | 1, prompt order       | SGD       | all (Dai)       | 1e-2  |
+| `layer-causal` | W_K, W_V (+ biases) of every layer    | 1, prompt order       | SGD       | all (Deutch)    | 1e-2  |
+| `wv-layer`     | W_V (+ bias) of layer `layer`         | all demonstrations    | SGD       | label (Shen)    | 1e-2  |
 
 `layer-causal` is Deutch et al.'s variant of Dai's `kv` baseline: every decoder layer's input
 is detached, the final LayerNorm + unembedding are applied after every layer (logit lens), and
 the loss is the sum over layers of those cross-entropies, so each layer learns only from its own
-read-out.
+read-out. The `lr` column is each method's untuned default (`MethodSpec.lr`).
 
-Fused attention projections are trained through a 0/1 gradient mask on the fused tensor:
-GPT-NeoX / BLOOM `query_key_value.weight [n_heads · 3 · d_head, d_model]` is interleaved per
-head (HF reshapes the output to `[..., n_heads, 3 · d_head]` and chunks q, k, v), so row
-`h · 3 · d_head + j · d_head + i` belongs to q (j = 0), k (j = 1) or v (j = 2) of head h;
-GPT-2 `c_attn.weight [d_model, 3 · d_model]` (Conv1D, `x @ W`) holds q | k | v column blocks.
+Fused attention projections are trained through a 0/1 gradient mask on the fused tensor, over
+the output features that `iclgd.hooks.layouts.AttentionParams.rows` assigns to k or v (GPT-NeoX
+interleaved `query_key_value`, GPT-2 `c_attn` column blocks; see that module).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
 from iclgd.errors import IclgdError
+from iclgd.hooks.layouts import AttentionParams, attention_params, final_norm
 from iclgd.hooks.precision import widen
 from iclgd.hooks.weights import layer_layout
 
@@ -46,20 +47,18 @@ class MethodSpec:
     full_batch: bool
     optimizer: str  # "sgd" or "adam"
     loss_on: str  # default
+    lr: float  # untuned default learning rate
     layer_causal: bool = False
 
 
 METHODS: dict[str, MethodSpec] = {
-    "gd": MethodSpec("all", True, "sgd", "label"),
-    "sgd": MethodSpec("all", False, "sgd", "label"),
-    "adam": MethodSpec("all", False, "adam", "label"),
-    "kv": MethodSpec("kv", False, "sgd", "all"),
-    "layer-causal": MethodSpec("kv", False, "sgd", "all", layer_causal=True),
-    "wv-layer": MethodSpec("v-layer", True, "sgd", "label"),
+    "gd": MethodSpec("all", True, "sgd", "label", 1e-2),
+    "sgd": MethodSpec("all", False, "sgd", "label", 1e-2),
+    "adam": MethodSpec("all", False, "adam", "label", 1e-3),
+    "kv": MethodSpec("kv", False, "sgd", "all", 1e-2),
+    "layer-causal": MethodSpec("kv", False, "sgd", "all", 1e-2, layer_causal=True),
+    "wv-layer": MethodSpec("v-layer", True, "sgd", "label", 1e-2),
 }
-
-_ATTN = {"attn", "attention", "self_attn", "self_attention"}
-_SEPARATE = {"k": ("k_proj", "key", "k"), "v": ("v_proj", "value", "v")}
 
 
 def method_spec(method: str) -> MethodSpec:
@@ -78,55 +77,40 @@ def trainable_parameters(
     if spec.params == "all":
         return dict.fromkeys(names)
     lay = layer_layout(hf)
-    n_layers = len({k[len(lay.layer_prefix):].split(".")[0] for k in names
-                    if k.startswith(lay.layer_prefix)})
+    parts: tuple[str, ...]
     if spec.params == "v-layer":
         if layer is None:
             raise IclgdError("method wv-layer needs layer=: the layer whose W_V is trained")
-        if not 0 <= layer < n_layers:
-            raise IclgdError(f"layer {layer} is out of range: the model has {n_layers} layers")
+        lay.base(layer)  # range check
         layers, parts = [layer], ("v",)
     else:
-        layers, parts = list(range(n_layers)), ("k", "v")
+        layers, parts = list(range(lay.n_layers)), ("k", "v")
     out: dict[str, Tensor | None] = {}
     for layer_idx in layers:
-        found = _attention_parts(names, f"{lay.layer_prefix}{layer_idx}.", parts, lay.n_heads,
-                                 lay.d_head)
-        if not found:
-            raise IclgdError(
-                f"cannot find the key/value projections of layer {layer_idx} "
-                f"({lay.model_type}): supported are k_proj/v_proj, query_key_value, c_attn"
-            )
-        out.update(found)
+        out.update(_part_masks(names, attention_params(names, lay, layer_idx), parts))
     return out
 
 
-def _attention_parts(
-    names: Mapping[str, Tensor], base: str, parts: tuple[str, ...], n_heads: int, d_head: int
+def _part_masks(
+    names: Mapping[str, Tensor], ap: AttentionParams, parts: tuple[str, ...]
 ) -> dict[str, Tensor | None]:
+    """`{param: mask or None}` training `parts` of one layer's attention (weights and biases)."""
     out: dict[str, Tensor | None] = {}
-    for key, p in names.items():
-        if not key.startswith(base):
-            continue
-        tail = key[len(base):].split(".")
-        if len(tail) < 2 or tail[-1] not in ("weight", "bias"):
-            continue
-        module = tail[-2]
-        if module == "query_key_value":  # [h, 3, d_head] interleaved on dim 0
-            mask = torch.zeros(n_heads, 3, d_head, dtype=p.dtype, device=p.device)
-            for part in parts:
-                mask[:, 1 if part == "k" else 2] = 1
-            mask = mask.reshape(-1)
-            out[key] = mask[:, None].expand_as(p).clone() if p.ndim == 2 else mask
-        elif module == "c_attn":  # Conv1D: q | k | v blocks on the last dim
-            d = p.shape[-1] // 3
-            mask = torch.zeros(3 * d, dtype=p.dtype, device=p.device)
-            for part in parts:
-                j = 1 if part == "k" else 2
-                mask[j * d:(j + 1) * d] = 1
-            out[key] = mask.expand_as(p).clone()
-        elif any(module in _SEPARATE[part] for part in parts) and _ATTN.intersection(tail[:-2]):
-            out[key] = None
+    for part in parts:
+        for key, axis in ((ap.weights[part], ap.out_axis[part]), (ap.bias(part, names), 0)):
+            if key is None:
+                continue
+            rows = ap.rows(part)
+            if rows is None:
+                out[key] = None
+                continue
+            p = names[key]
+            axis = axis if p.ndim == 2 else 0
+            mask = out.get(key)
+            if mask is None:
+                mask = torch.zeros_like(p)
+            mask.index_fill_(axis, rows.to(p.device), 1.0)
+            out[key] = mask
     return out
 
 
@@ -140,38 +124,40 @@ def masked_ce(logits: Tensor, tokens: Tensor, target: Tensor) -> Tensor:
     return (ce * m).sum() / m.sum()
 
 
-def _decoder_layers(hf: nn.Module) -> nn.ModuleList:
-    prefix = layer_layout(hf).layer_prefix.rstrip(".")
-    return hf.get_submodule(prefix)
+def decoder_layers(hf: nn.Module) -> nn.ModuleList:
+    """The HF model's decoder layers (the `ModuleList` at its layout's layer prefix)."""
+    layers = hf.get_submodule(layer_layout(hf).layer_prefix.rstrip("."))
+    if not isinstance(layers, nn.ModuleList):
+        raise IclgdError(f"the decoder layers of {type(hf).__name__} are not a ModuleList")
+    return layers
 
 
-def _final_norm(hf: nn.Module) -> nn.Module:
-    base = getattr(hf, "base_model", hf)
-    for name in ("final_layer_norm", "norm", "ln_f", "final_layernorm", "decoder.final_layer_norm"):
-        try:
-            return base.get_submodule(name)
-        except AttributeError:
-            continue
-    raise IclgdError(f"cannot find the final LayerNorm of {type(hf).__name__} for layer-causal GD")
+def _output_embeddings(hf: nn.Module) -> nn.Module:
+    get = getattr(hf, "get_output_embeddings", None)
+    unembed = get() if callable(get) else None
+    if not isinstance(unembed, nn.Module):
+        raise IclgdError(f"{type(hf).__name__} has no output embedding (unembedding) module")
+    return unembed
 
 
 @contextmanager
-def layer_causal_hooks(hf: nn.Module):
+def layer_causal_hooks(hf: nn.Module) -> Iterator[list[Tensor]]:
     """Hooks for Deutch's layer-causal GD on an HF decoder: each layer's input is detached and
     each layer's output is read out through the final norm + unembedding. Yields the list the
     per-layer logits are appended to (cleared by the caller before each forward)."""
-    layers = _decoder_layers(hf)
-    norm, unembed = _final_norm(hf), hf.get_output_embeddings()
+    layers = decoder_layers(hf)
+    norm, unembed = final_norm(hf), _output_embeddings(hf)
     collected: list[Tensor] = []
 
-    def pre(_mod, args, kwargs):
+    def pre(_mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
+            ) -> tuple[tuple[Any, ...], dict[str, Any]]:
         if args:
             return (args[0].detach(), *args[1:]), kwargs
         kwargs = dict(kwargs)
         kwargs["hidden_states"] = kwargs["hidden_states"].detach()
         return args, kwargs
 
-    def post(_mod, _args, output):
+    def post(_mod: nn.Module, _args: tuple[Any, ...], output: Any) -> None:
         h = output[0] if isinstance(output, tuple) else output
         collected.append(unembed(norm(h)))
 

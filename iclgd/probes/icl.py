@@ -1,9 +1,9 @@
 """In-context learning probes: accuracy by number of demonstrations, and the ICL score.
 
-- `icl_accuracy` (Xie et al. 2022, GINC; Shen et al.'s accuracy reading, REFERENCE §4): top-1
+- `icl_accuracy` (Xie et al. 2022, GINC; Shen et al. 2024's accuracy reading): top-1
   token over the full vocabulary at the answer position equals the gold token; mean over prompts
   with the binomial standard error `sqrt(p (1 - p) / N)`, per number of demonstrations n.
-- `icl_score` (Olsson et al. 2022, REFERENCE §8): loss at a late token minus loss at an early
+- `icl_score` (Olsson et al. 2022, "In-context Learning and Induction Heads"): loss at a late token minus loss at an early
   token of the same context, averaged over sequences. Negative = the model predicts better with
   more context. Default positions are 50/512 and 500/512 of the model's context `n_ctx`.
 - `icl_gain`: accuracy at the most demonstrations minus accuracy at the fewest (Xie et al.
@@ -26,8 +26,9 @@ from jaxtyping import Int
 from torch import Tensor
 
 from iclgd.errors import IclgdError
-from iclgd.hooks import capture
 from iclgd.hooks.batching import BatchSize, model_device, run_batched
+from iclgd.hooks.capture import capture
+from iclgd.hooks.names import act_name
 
 
 @dataclass(frozen=True, eq=False)
@@ -166,7 +167,7 @@ def gain_verdict(gain: Mapping[str, Any], context: str = "") -> str:
 
 
 def _last_hook(model: Any) -> str:
-    return f"blocks.{int(model.cfg.n_layers) - 1}.hook_resid_post"
+    return act_name("resid_post", int(model.cfg.n_layers) - 1)
 
 
 def predictions_at(
@@ -195,7 +196,7 @@ def icl_accuracy(
     model: Any, prompts: Mapping[int, IclPrompts] | Iterable[IclPrompts], *,
     batch_size: BatchSize = 64,
 ) -> IclAccuracy:
-    """ICL accuracy by number of demonstrations (Xie et al. 2022; REFERENCE §4 accuracy reading).
+    """ICL accuracy by number of demonstrations (Xie et al. 2022; Shen et al. 2024's accuracy reading).
 
     Args:
         model: a TransformerBridge (any model `iclgd.hooks.capture` accepts with token ids).

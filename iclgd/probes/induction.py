@@ -1,4 +1,5 @@
-"""Induction-head scores per layer and head (Olsson et al. 2022, REFERENCE §8).
+"""Induction-head scores per layer and head (Olsson et al. 2022, "In-context Learning and
+Induction Heads").
 
 Two scores, each `[n_layers, n_heads]`:
 
@@ -37,8 +38,10 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from iclgd.errors import IclgdError
-from iclgd.hooks import attention_weights, capture
 from iclgd.hooks.batching import BatchSize, model_device, run_batched
+from iclgd.hooks.capture import capture
+from iclgd.hooks.names import act_names
+from iclgd.hooks.weights import attention_weights
 
 
 @dataclass(frozen=True)
@@ -162,7 +165,7 @@ def induction_scores(
     if 2 * seq_len > n_ctx:
         raise IclgdError(f"2 * seq_len = {2 * seq_len} exceeds the model's context n_ctx={n_ctx}: pass a smaller seq_len")
     tokens = repeated_random_tokens(n_seqs, seq_len, d_vocab, seed)
-    names = [f"blocks.{layer}.attn.hook_pattern" for layer in range(n_layers)]
+    names = act_names("pattern", n_layers)
 
     def step(lo: int, hi: int) -> Tensor:
         rows = tokens[lo:hi]

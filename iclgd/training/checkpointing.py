@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import csv
 import os
-import re
 import shutil
 import tempfile
 from collections.abc import Iterable, Mapping
@@ -27,10 +26,10 @@ from typing import Any
 import numpy as np
 
 from iclgd.errors import IclgdError
+from iclgd.specs import checkpoint_step
 
 TRAINER_STATE = "trainer_state.pt"
 TRAIN_LOG = "train_log.csv"
-_STEP_RE = re.compile(r"^step(\d+)$")
 
 
 def checkpoint_steps(total_steps: int, n_checkpoints: int) -> list[int]:
@@ -67,9 +66,9 @@ def list_step_folders(out: str | Path) -> list[tuple[int, Path]]:
         return []
     found = []
     for child in out.iterdir():
-        m = _STEP_RE.match(child.name)
-        if m and child.is_dir() and (child / "config.json").is_file():
-            found.append((int(m.group(1)), child))
+        step = checkpoint_step(child.name)
+        if step is not None and child.is_dir() and (child / "config.json").is_file():
+            found.append((step, child))
     return sorted(found)
 
 

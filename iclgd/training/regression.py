@@ -118,12 +118,6 @@ def preset_config(name: str, **overrides: Any) -> RegressionTrainConfig:
     return RegressionTrainConfig(**values)
 
 
-def log_spaced_steps(total: int, count: int) -> list[int]:
-    """About `count` distinct steps in [0, total], log-spaced, always including 0 and `total`
-    (`iclgd.training.checkpointing.checkpoint_steps`)."""
-    return checkpoint_steps(total, count)
-
-
 def checkpoint_steps_in(folder: str | Path) -> list[int]:
     """Steps of the complete, resumable `step{N}` checkpoints in `folder`, ascending."""
     return [step for step, path in list_step_folders(folder) if (path / TRAINER_STATE).is_file()]
@@ -216,7 +210,7 @@ def train_regression(
         model = model.to(device)
         optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     model.train()
-    ckpt_steps = [s for s in log_spaced_steps(config.steps, config.n_checkpoints) if s > start or
+    ckpt_steps = [s for s in checkpoint_steps(config.steps, config.n_checkpoints) if s > start or
                   (s == 0 and not latest)]
     log = read_train_log(out, up_to_step=start)
     elapsed0 = float(log[-1]["elapsed_s"]) if log else 0.0

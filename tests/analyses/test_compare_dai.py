@@ -13,9 +13,9 @@ from iclgd.analyses.compare_dai import (
 )
 from iclgd.analyses.prompt_sets import text_prompt_sets
 from iclgd.analyses.runs import RunCapture, run_finetuned, run_icl
-from iclgd.analyses.scratch import ScratchModel
 from iclgd.data.tasks import Example, Task, Template
-from iclgd.hooks import capture, load_model
+from iclgd.hooks import capture, finetuned, load_model
+from iclgd.hooks.edit import copy_model
 from iclgd.probes import metrics
 
 
@@ -70,11 +70,12 @@ def test_training_attention_matches_fresh_captures(neox, bos):
     icl_run = run_icl(neox, ps)
     ft_run = run_finetuned(neox, ps, delta, kendall=True)
     got = training_attention_layers(icl_run, ft_run, ps, generator=torch.Generator().manual_seed(0))
-    ft_model = ScratchModel(neox).load(delta)
+    copy = copy_model(neox)  # ICL scores from the original, FT queries from the finetuned copy
     for layer in (0, 1):
         taus, taus_ex = [], []
         for row in range(len(ps)):
-            icl, ft, icl_ex, ft_ex = _by_hand(neox, ft_model, ps, row, layer)
+            with finetuned(copy, delta) as ft_model:
+                icl, ft, icl_ex, ft_ex = _by_hand(neox, ft_model, ps, row, layer)
             taus.append(kendalltau(icl.numpy(), ft.numpy())[0])
             taus_ex.append(kendalltau(icl_ex.numpy(), ft_ex.numpy())[0])
         assert float(got["kendall_tau"][layer]) == pytest.approx(sum(taus) / 3, abs=1e-6)

@@ -1,4 +1,4 @@
-"""ZS / ICL / FT runs: answer-position capture, query alignment, finetuned runs on a scratch copy."""
+"""ZS / ICL / FT runs: answer-position capture, query alignment, finetuned runs."""
 
 from __future__ import annotations
 
@@ -12,10 +12,8 @@ from iclgd.analyses.runs import (
     reorder_demonstrations,
     run_finetuned,
     run_icl,
-    run_prompts,
     run_zero_shot,
 )
-from iclgd.analyses.scratch import ScratchModel
 from iclgd.data.tasks import Example, Task, Template
 from iclgd.errors import IclgdError
 from iclgd.hooks import capture, hf_module, hf_state_dict, load_model
@@ -96,19 +94,14 @@ def test_finetuned_run_matches_functional_call_and_leaves_model_alone(neox, prom
     assert torch.equal(run_zero_shot(neox, ps).logits, zs_before.logits)
 
 
-def test_scratch_model_reloads_originals_between_deltas(neox, prompt_sets):
+def test_finetuned_runs_do_not_leak_between_deltas(neox, prompt_sets):
     ps = prompt_sets[1]
-    scratch = ScratchModel(neox)
     name = "gpt_neox.layers.0.mlp.dense_h_to_4h.weight"
-    bumped = {name: torch.full_like(scratch.base[name], 0.3)}
-    a = run_prompts(scratch.load(bumped), ps.zs, ps.query_len, setting="ft").logits
-    b = run_prompts(scratch.load(None), ps.zs, ps.query_len, setting="ft").logits
+    bumped = {name: torch.full_like(hf_state_dict(neox)[name], 0.3)}
+    a = run_finetuned(neox, ps, bumped).logits
+    b = run_finetuned(neox, ps, {}).logits
     assert (a - b).abs().max() > 1e-3
     assert torch.equal(b, run_zero_shot(neox, ps).logits)
-    with pytest.raises(IclgdError, match="lacks"):
-        scratch.load({"no.such.weight": torch.zeros(1)})
-    with pytest.raises(IclgdError, match="not finite"):
-        scratch.load({name: torch.full_like(scratch.base[name], float("nan"))})
 
 
 def test_reordering_blocks_equals_retokenising_the_reordered_prompt(neox, prompt_sets):

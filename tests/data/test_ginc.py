@@ -203,7 +203,7 @@ def test_ideal_ceiling_rises_with_examples_in_distribution_only():
     acc0, se0 = ideal_accuracy(w, sample_prompts(w, 0, 3, 300, seed=5))
     acc8, _ = ideal_accuracy(w, sample_prompts(w, 8, 3, 300, seed=5))
     out8, _ = ideal_accuracy(w, sample_prompts(w, 8, 3, 300, concepts="out", seed=5))
-    assert 0.45 < acc0 < 0.68 and 0.02 < se0 < 0.035  # REFERENCE: about 54 % at n = 0
+    assert 0.45 < acc0 < 0.68 and 0.02 < se0 < 0.035  # the exact Bayes reference: about 54 % at n = 0
     assert acc8 > acc0 + 0.2
     assert out8 < 0.35  # the 5-concept learner cannot infer a held-out concept
 

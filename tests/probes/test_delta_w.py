@@ -3,7 +3,7 @@ import torch
 
 from iclgd.data.tasks import demos_from_token_examples
 from iclgd.errors import IclgdError
-from iclgd.hooks import capture, load_model
+from iclgd.hooks import capture, finetuned, load_model
 from iclgd.probes.delta_w import (
     FactoredDelta,
     compare_delta_w,
@@ -11,7 +11,7 @@ from iclgd.probes.delta_w import (
     implied_delta_w,
     top_singular_subspaces,
 )
-from iclgd.probes.finetune import applied, finetune
+from iclgd.probes.finetune import finetune
 
 V = 32
 
@@ -66,7 +66,7 @@ def test_finetuned_delta_w_base_and_own_inputs(bridge):
                   method="kv", lr=0.5)
     query = torch.randint(0, V, (5,), generator=g)
     k, v = _kv(bridge, query, 1)
-    with applied(bridge, wd):
+    with finetuned(bridge, wd):
         k2, v2 = _kv(bridge, query, 1)
     expect = torch.einsum("phv,phk->hvk", v2, k2) - torch.einsum("phv,phk->hvk", v, k)
     own = finetuned_delta_w(bridge, wd, query, 1, inputs="own")
@@ -77,7 +77,7 @@ def test_finetuned_delta_w_base_and_own_inputs(bridge):
     assert not torch.allclose(base.materialize(), expect, atol=1e-5)
     base0 = finetuned_delta_w(bridge, wd, query, 0)
     k0, v0 = _kv(bridge, query, 0)
-    with applied(bridge, wd):
+    with finetuned(bridge, wd):
         k0b, v0b = _kv(bridge, query, 0)
     expect0 = torch.einsum("phv,phk->hvk", v0b, k0b) - torch.einsum("phv,phk->hvk", v0, k0)
     assert torch.allclose(base0.materialize(), expect0, atol=1e-5)  # layer 0: same inputs

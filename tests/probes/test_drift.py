@@ -9,7 +9,8 @@ import torch
 from conftest import save_tiny
 
 from iclgd.errors import IclgdError
-from iclgd.hooks import load_model, read_hf_weights
+from iclgd.hooks import load_model
+from iclgd.hooks.checkpoints import read_hf_weights
 from iclgd.probes.drift import frobenius_norm, layer_matrices, weight_distance, weight_drift
 
 

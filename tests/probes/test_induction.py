@@ -7,7 +7,8 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from iclgd.errors import IclgdError
-from iclgd.hooks import load_model, read_hf_weights
+from iclgd.hooks import load_model
+from iclgd.hooks.checkpoints import read_hf_weights
 from iclgd.probes.induction import (
     induction_scores,
     prefix_matching_from_patterns,

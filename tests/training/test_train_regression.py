@@ -5,10 +5,10 @@ import torch
 
 from iclgd.data.curriculum import sample_prompts
 from iclgd.errors import IclgdError
+from iclgd.training.checkpointing import checkpoint_steps
 from iclgd.training.regression import (
     RegressionTrainConfig,
     checkpoint_steps_in,
-    log_spaced_steps,
     preset_config,
     train_regression,
 )
@@ -27,11 +27,11 @@ def _state(folder):
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 
-def test_log_spaced_steps_and_presets():
-    assert log_spaced_steps(1000, 5) == [0, 1, 10, 100, 1000]
-    assert log_spaced_steps(40, 3) == [0, 1, 40]
-    assert log_spaced_steps(0, 5) == [0]
-    assert log_spaced_steps(3, 10) == [0, 1, 2, 3]
+def test_checkpoint_steps_and_presets():
+    assert checkpoint_steps(1000, 5) == [0, 1, 10, 100, 1000]
+    assert checkpoint_steps(40, 3) == [0, 1, 40]
+    assert checkpoint_steps(0, 5) == [0]
+    assert checkpoint_steps(3, 10) == [0, 1, 2, 3]
     gpu = preset_config("gpu")
     assert (gpu.n_dims, gpu.n_points, gpu.n_layers, gpu.d_model, gpu.n_heads) == (20, 41, 12, 256, 8)
     assert (gpu.lr, gpu.batch, gpu.steps, gpu.curriculum_interval) == (1e-4, 64, 500_000, 2000)
@@ -66,7 +66,7 @@ def test_tiny_training_checkpoints_loss_and_resume(tmp_path):
     straight = tmp_path / "straight"
     res = train_regression(RegressionTrainConfig(steps=60, **TINY), straight, progress=False)
     assert res.start_step == 0 and res.end_step == 60
-    assert checkpoint_steps_in(straight) == log_spaced_steps(60, 5) == [0, 1, 4, 15, 60]
+    assert checkpoint_steps_in(straight) == checkpoint_steps(60, 5) == [0, 1, 4, 15, 60]
     losses = [row["loss_normalised"] for row in res.log]
     assert len(losses) == 12 and [row["step"] for row in res.log][:2] == [5, 10]
     # the loss falls: on fixed prompts (d=3, 5 points) the step-60 checkpoint beats step 0
