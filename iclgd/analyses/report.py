@@ -62,7 +62,8 @@ def verdict_markdown(table: list[dict[str, Any]], cols: list[str]) -> str:
             else:
                 cells.append(f"**{cell['verdict']}**: {cell['measurement']}; "
                              f"control: {cell['control']}")
-        lines.append("| " + " | ".join([row["claim"], row["test"]] + cells) + " |")
+        texts = [row["claim"], row["test"]] + cells
+        lines.append("| " + " | ".join(t.replace("|", "\\|") for t in texts) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -106,3 +106,14 @@ def test_verdicts_read_files_and_mark_missing_models(tmp_path):
     assert row["cells"]["m"]["source"] == "order/result.json"
     assert row["cells"]["lm"]["verdict"] == "not available"
     assert "Shen et al. (2024)" in row["rule"]
+
+
+def test_markdown_table_escapes_pipes_in_cells():
+    from iclgd.analyses.report import verdict_markdown
+
+    table = [{"claim": "density", "test": "fraction of |w| < τ",
+              "cells": {"m": {"verdict": "contradicts", "measurement": "fraction |w| < 1e-03: 0.1",
+                              "control": "c"}}}]
+    line = verdict_markdown(table, ["m"]).splitlines()[2]
+    assert line.count("|") - line.count("\\|") == 4  # 3 columns: 4 unescaped separators
+    assert "fraction \\|w\\| < 1e-03" in line
