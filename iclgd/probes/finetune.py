@@ -43,6 +43,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torch.func import grad_and_value, vmap
+from torch.optim.adam import adam
 
 from iclgd.data.tasks import TokenizedDemos, stack_demos
 from iclgd.errors import IclgdError
@@ -251,8 +252,8 @@ def _train(
     run_dtype = {n: named[n].dtype for n in masks}
     params = {n: p.expand(n_tasks, *p.shape).clone() if batched else p.clone()
               for n, p in init.items()}
-    state = {n: (torch.zeros_like(p), torch.zeros_like(p)) for n, p in params.items()} \
-        if spec.optimizer == "adam" else {}
+    state = {n: (torch.zeros_like(p), torch.zeros_like(p), torch.zeros((), device=p.device))
+             for n, p in params.items()} if spec.optimizer == "adam" else {}
     losses: list[Tensor] = []
     step = 0
     rng = torch.Generator().manual_seed(seed).get_state()  # global RNG forked per epoch
@@ -277,17 +278,23 @@ def _train(
                 if not torch.isfinite(loss).all():
                     raise IclgdError(f"{where}: the loss is not finite: lower the learning rate")
                 losses.append(loss.detach())
-                _update(params, grads, masks, state, spec.optimizer, lr, step, where)
+                _update(params, grads, masks, state, spec.optimizer, lr, where)
+                del grads  # not alive during the next step's backward
             rng = torch.get_rng_state()
         if epoch + 1 in snapshots:
             per_step = torch.stack(losses, 1).cpu()  # [n_tasks, n_steps]
+            if epoch + 1 == epochs:  # the last snapshot: ΔW in the trained tensors' memory
+                state.clear()
+                diff = {n: p.sub_(init[n]) for n, p in params.items()}
+            else:
+                diff = {n: p - init[n] for n, p in params.items()}
             on_epoch(epoch + 1, [
-                WeightDelta({n: ((p[t] if batched else p) - init[n]).detach()
-                             for n, p in params.items()},
+                WeightDelta({n: d[t] if batched else d for n, d in diff.items()},
                             method, float(lr), epoch + 1, bsz, loss_on, layer, seed,
                             per_step[t].tolist())
                 for t in range(n_tasks)
             ])
+            del diff
 
 
 def _in_run_dtype(
@@ -305,12 +312,14 @@ def _in_run_dtype(
 
 def _update(
     params: dict[str, Tensor], grads: dict[str, Tensor], masks: dict[str, Tensor | None],
-    state: dict[str, tuple[Tensor, Tensor]], optimizer: str, lr: float, step: int, where: str,
+    state: dict[str, tuple[Tensor, Tensor, Tensor]], optimizer: str, lr: float, where: str,
 ) -> None:
-    """One SGD or Adam step, in place on `params` (multi-tensor `torch._foreach_*` kernels).
+    """One SGD or Adam step, in place on `params`.
 
-    Adam (Kingma & Ba, 2015, Algorithm 1): `m ← β1 m + (1 − β1) g`, `v ← β2 v + (1 − β2) g²`,
-    `θ ← θ − lr · (m / (1 − β1^t)) / (√(v / (1 − β2^t)) + ε)`.
+    SGD: `θ ← θ − lr · g` (one multi-tensor `torch._foreach_add_`). Adam (Kingma & Ba, 2015,
+    Algorithm 1) is PyTorch's own functional `torch.optim.adam.adam` with its fused kernel (one
+    pass over each tensor, no temporaries): `m ← β1 m + (1 − β1) g`, `v ← β2 v + (1 − β2) g²`,
+    `θ ← θ − lr · (m / (1 − β1^t)) / (√(v / (1 − β2^t)) + ε)`, t counted in `state`.
     """
     names = list(grads)
     g = [grads[n] if (mask := masks[n]) is None else grads[n] * mask for n in names]
@@ -322,13 +331,7 @@ def _update(
     if optimizer == "sgd":
         torch._foreach_add_(p, g, alpha=-lr)
         return
-    m = [state[n][0] for n in names]
-    v = [state[n][1] for n in names]
-    torch._foreach_mul_(m, _BETAS[0])
-    torch._foreach_add_(m, g, alpha=1 - _BETAS[0])
-    torch._foreach_mul_(v, _BETAS[1])
-    torch._foreach_addcmul_(v, g, g, value=1 - _BETAS[1])
-    denom = torch._foreach_sqrt(v)
-    torch._foreach_div_(denom, math.sqrt(1 - _BETAS[1] ** step))
-    torch._foreach_add_(denom, _EPS)
-    torch._foreach_addcdiv_(p, m, denom, value=-lr / (1 - _BETAS[0] ** step))
+    adam(p, g, [state[n][0] for n in names],
+         [state[n][1] for n in names], [], [state[n][2] for n in names], fused=True,
+         amsgrad=False, beta1=_BETAS[0], beta2=_BETAS[1], lr=lr, weight_decay=0.0, eps=_EPS,
+         maximize=False)
