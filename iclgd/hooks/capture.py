@@ -24,6 +24,7 @@ from iclgd.hooks.types import HookedModel
 _QPOS_AXIS_2 = ("hook_attn_scores", "hook_pattern")
 
 Positions = int | Sequence[int] | slice | Tensor | None
+PositionsArg = Positions | Mapping[str, Positions]
 Names = Sequence[str] | str | Callable[[str], bool]
 
 
@@ -76,6 +77,17 @@ def _slicer(name: str, positions: Positions, batch: int) -> Callable[[Tensor], T
     if positions is None:
         return lambda t: t
     axis = 2 if name.endswith(_QPOS_AXIS_2) else 1
+    if isinstance(positions, Tensor) and positions.ndim == 2:
+        if positions.shape[0] != batch:
+            raise IclgdError(f"positions [batch, k] must have one row per sequence ({batch}), "
+                             f"got {tuple(positions.shape)}")
+        rows_k = positions.long()
+
+        def k_per_row(t: Tensor) -> Tensor:
+            rows = torch.arange(t.shape[0], device=t.device)[:, None]
+            moved = t.movedim(axis, 1)  # [batch, pos, ...]
+            return moved[rows, rows_k.to(t.device)].movedim(1, axis)  # [batch, k, ...]
+        return k_per_row
     if isinstance(positions, Tensor) and positions.ndim == 1 and positions.numel() == batch:
         idx = positions.long()
 
@@ -93,6 +105,15 @@ def _slicer(name: str, positions: Positions, batch: int) -> Callable[[Tensor], T
     index = torch.as_tensor(positions if isinstance(positions, Tensor) else list(positions),
                             dtype=torch.long)
     return lambda t: t.movedim(axis, 1)[:, index.to(t.device)].movedim(1, axis)
+
+
+def _positions_of(positions: PositionsArg, name: str, batch: int) -> Positions:
+    """The positions spec for hook `name` (a 1-D tensor not of one entry per row is a list)."""
+    if isinstance(positions, Mapping):
+        positions = positions.get(name)
+    if isinstance(positions, Tensor) and positions.ndim == 1 and positions.numel() != batch:
+        return positions.tolist()
+    return positions
 
 
 def resolve_names(model: HookedModel, names: Names) -> list[str]:
@@ -123,7 +144,7 @@ def capture(
     tokens: Int[Tensor, "batch pos"] | Float[Tensor, "batch pos d_model"],
     names: Names,
     *,
-    positions: Positions = None,
+    positions: PositionsArg = None,
     to: str | torch.device | None = "cpu",
     return_logits: bool = False,
     forward_kwargs: Mapping[str, Any] | None = None,
@@ -137,9 +158,12 @@ def capture(
         tokens: token ids `[batch, pos]` (1-D: one sequence), or float token vectors
             `[batch, pos, d_model]` (2-D: one sequence) for a float-input model.
         names: hook-point names (e.g. `"blocks.0.hook_attn_out"`) or a filter `name -> bool`.
-        positions: None (all), an int (e.g. -1, the last token), a list/slice of positions, or a
-            1-D tensor of one position per batch row. Applied to the query-position axis
-            (axis 1, or axis 2 for `hook_attn_scores`/`hook_pattern`) inside the hook.
+        positions: None (all), an int (e.g. -1, the last token), a list/slice of positions, a
+            1-D tensor of one position per batch row, or a 2-D tensor `[batch, k]` of k
+            positions per row. Applied to the query-position axis (axis 1, or axis 2 for
+            `hook_attn_scores`/`hook_pattern`) inside the hook. A mapping `{name: positions}`
+            sets them per hook name (`"logits"` for the logits); names it lacks keep every
+            position.
         to: device for the stored tensors ("cpu" by default; None keeps them where they are).
         return_logits: also return the model's output under key `"logits"` (the final residual
             stream for a `LinearAttentionTransformer`), sliced the same way.
@@ -160,13 +184,11 @@ def capture(
         tokens = check_tokens(tokens, getattr(model.cfg, "n_ctx", None), getattr(model.cfg, "d_vocab", None))
     chosen = resolve_names(model, names)
     batch = tokens.shape[0]
-    if isinstance(positions, Tensor) and positions.ndim == 1 and positions.numel() != batch:
-        positions = positions.tolist()
     store: dict[str, Tensor] = {}
     dest = None if to is None else torch.device(to)
 
     def make_hook(name: str) -> Callable[..., None]:
-        cut = _slicer(name, positions, batch)
+        cut = _slicer(name, _positions_of(positions, name, batch), batch)
 
         def hook(act: Tensor, hook: Any = None) -> None:
             out = cut(act.detach())
@@ -178,7 +200,8 @@ def capture(
         logits = model(tokens.to(device), **dict(forward_kwargs or {}))
     if return_logits:
         if isinstance(logits, Tensor):
-            out = _slicer("logits", positions, batch)(logits.detach())
+            out = _slicer("logits", _positions_of(positions, "logits", batch), batch)(
+                logits.detach())
             store["logits"] = out.to(dest) if dest is not None else out
     return store
 

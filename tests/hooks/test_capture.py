@@ -49,6 +49,24 @@ def test_positions_sliced(gpt2):
     assert torch.equal(several["blocks.1.hook_attn_out"], full["blocks.1.hook_attn_out"][:, [0, 4]])
 
 
+def test_k_positions_per_row_and_positions_per_name(gpt2):
+    tokens = _tokens()
+    names = ["blocks.1.hook_attn_out", "blocks.1.attn.hook_pattern"]
+    full = capture(gpt2, tokens, names, return_logits=True)
+    k = torch.tensor([[0, 3], [5, 5], [10, 1]])
+    got = capture(gpt2, tokens, names, positions=k)
+    rows = torch.arange(3)[:, None]
+    assert torch.equal(got[names[0]], full[names[0]][rows, k])  # [batch, k, d_model]
+    assert torch.equal(got[names[1]], full[names[1]].movedim(2, 1)[rows, k].movedim(1, 2))
+    mixed = capture(gpt2, tokens, names, positions={names[0]: k, "logits": -1},
+                    return_logits=True)
+    assert torch.equal(mixed[names[0]], got[names[0]])
+    assert torch.equal(mixed[names[1]], full[names[1]])  # not in the mapping: every position
+    assert torch.equal(mixed["logits"], full["logits"][:, -1])
+    with pytest.raises(IclgdError, match="one row per sequence"):
+        capture(gpt2, tokens, names, positions=k[:2])
+
+
 def test_filter_callable(gpt2):
     got = capture(gpt2, _tokens(), lambda n: n.endswith("hook_resid_post"), positions=0)
     assert sorted(got) == ["blocks.0.hook_resid_post", "blocks.1.hook_resid_post"]
