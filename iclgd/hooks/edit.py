@@ -81,6 +81,19 @@ def _add_rounded_once(weight: Tensor, d: Tensor) -> None:
         weight.add_(d.to(weight.device, weight.dtype))
 
 
+def _check_finite_update(tensors: Mapping[str, Tensor]) -> None:
+    """Raise `IclgdError` naming the first tensor holding NaN/inf (one multi-tensor norm pass;
+    a non-finite norm is confirmed entry by entry, as a norm of huge values can overflow)."""
+    names = [n for n, d in tensors.items() if d.is_floating_point()]
+    if not names:
+        return
+    norms = torch.stack([n.float() for n in torch._foreach_norm([tensors[n] for n in names])])
+    for i in (~torch.isfinite(norms)).nonzero().flatten().tolist():
+        if not torch.isfinite(tensors[names[i]]).all():  # not just a norm that overflowed
+            raise IclgdError(f"the finetuning update of {names[i]} is not finite: "
+                             "lower the learning rate")
+
+
 @contextmanager
 def finetuned(model: M, delta: Delta | None) -> Iterator[M]:
     """Run `model` with `W_before + ΔW` inside the block, then restore its weights exactly.
@@ -101,9 +114,7 @@ def finetuned(model: M, delta: Delta | None) -> Iterator[M]:
     """
     tensors = {} if delta is None else delta_tensors(delta)
     live = _live(model, tensors, "the delta")
-    for name, d in tensors.items():
-        if not torch.isfinite(d).all():
-            raise IclgdError(f"the finetuning update of {name} is not finite: lower the learning rate")
+    _check_finite_update(tensors)
     saved = {name: live[name].clone() for name in tensors}
     try:
         with torch.no_grad():
