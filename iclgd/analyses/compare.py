@@ -296,8 +296,8 @@ def compare_model(
         if not wanted:
             continue
         if zs is None:  # the ZS prompts are the same for every N
-            zs = run_zero_shot(model, prompts, batch_size=batch_size)
-        icl = run_icl(model, prompts, batch_size=batch_size)
+            zs = run_zero_shot(model, prompts, token_inputs=delta_w, batch_size=batch_size)
+        icl = run_icl(model, prompts, token_inputs=delta_w, batch_size=batch_size)
         icl_re = None
         if "" in wanted:
             gen = cell_generator(seed, n)
@@ -313,7 +313,7 @@ def compare_model(
         if delta_w and any(wanted):
             from iclgd.analyses.compare_dw import DeltaWComparison
 
-            dw = DeltaWComparison(model, prompts)  # ΔW_ICL once per N, reused by every method
+            dw = DeltaWComparison(model, prompts, zs=zs, icl=icl)  # once per N, every method
         for method in (m for m in wanted if m):
             deltas = finetune_prompts(
                 model, prompts, method, lr=lr[method], epochs=epochs, seed=seed, layer=wv_layer

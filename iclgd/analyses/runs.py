@@ -63,7 +63,11 @@ class RunCapture:
     (when requested: `hook_q` at the answer position); `demo_inputs [batch, n_layers,
     n_train_tokens, d_model]` and `demo_queries [batch, n_layers, n_train_tokens, n_heads *
     d_head]` (FT with `kendall=True`: the finetuned model's normalised attention inputs and query
-    projections at its training tokens, see `demo_activations`); `logits [batch, d_vocab]`;
+    projections at its training tokens, see `demo_activations`); with `token_inputs`, the
+    normalised attention inputs `ln1.hook_out` at the query's own tokens, `query_inputs [batch,
+    n_layers, max_query_len, d_model]` (left-aligned, zero-padded as `query_scores`), and (ICL)
+    at the demonstration tokens, `demo_token_inputs [batch, n_layers, n_demo_tokens, d_model]`:
+    the x of Dai's dual form for the weight-space comparison; `logits [batch, d_vocab]`;
     `answer_ids [batch]`.
     """
 
@@ -79,6 +83,8 @@ class RunCapture:
     demo_scores: Float[Tensor, "batch n_layers n_heads n_demo_tokens"] | None = None
     query_q: Float[Tensor, "batch n_layers d_q"] | None = None
     demo_queries: Float[Tensor, "batch n_layers n_train_tokens d_q"] | None = None
+    query_inputs: Float[Tensor, "batch n_layers max_query_len d_model"] | None = None
+    demo_token_inputs: Float[Tensor, "batch n_layers n_demo_tokens d_model"] | None = None
 
     def __len__(self) -> int:
         return int(self.logits.shape[0])
@@ -244,6 +250,7 @@ def run_prompts(
     demo_attention: bool = False,
     attn_in: bool = False,
     queries: bool = False,
+    token_inputs: bool = False,
     batch_size: BatchSize = DEFAULT_BATCH,
 ) -> RunCapture:
     """Capture the answer-position activations of `task`'s prompts (see the module docstring).
@@ -251,11 +258,15 @@ def run_prompts(
     `query_len [batch]` = each query's own token count; `demo_attention` also keeps the
     attention probabilities and pre-softmax scores to the demonstration tokens (needs
     demonstrations), `attn_in` the attention blocks' normalised inputs, `queries` the query
-    projections (heads concatenated). Rows run in batches of `batch_size` (an int, or
+    projections (heads concatenated), `token_inputs` the normalised attention inputs at the
+    query's own tokens and, with `demo_attention`, at the demonstration tokens (`RunCapture`).
+    Rows run in batches of `batch_size` (an int, or
     `"auto"`/`AutoBatch`: halved on GPU out-of-memory).
     """
     n_layers = int(model.cfg.n_layers)
-    names = _names(n_layers, pattern=demo_attention, attn_in=attn_in, queries=queries)
+    names = _names(n_layers, pattern=demo_attention, attn_in=attn_in or token_inputs,
+                   queries=queries)
+    ln1 = {act_name("ln1", layer) for layer in range(n_layers)}
     if demo_attention:
         if task.n_demos == 0:
             raise IclgdError("demo_attention needs prompts with demonstrations")
@@ -269,20 +280,20 @@ def run_prompts(
         rows = torch.arange(lo, hi)
         chunk: dict[str, Tensor] = {}
         width = int(task.lengths[rows].max())
-        got = capture(
-            model,
-            task.tokens[rows, :width],
-            names,
-            positions=task.answer_pos[rows],
-            return_logits=True,
-        )
-        chunk["out"] = stack_layers(got, "attn_out", n_layers)
-        scores = stack_layers(got, "scores", n_layers)
         # query token j of row b sits at answer_pos - query_len + 1 + j
         offs = torch.arange(q_max)
         first = task.answer_pos[rows] - query_len[rows] + 1
-        pos = (first[:, None] + offs[None, :]).clamp(max=scores.shape[-1] - 1)
+        pos = (first[:, None] + offs[None, :]).clamp(max=width - 1)
         keep = offs[None, :] < query_len[rows, None]
+        at: Any = task.answer_pos[rows]
+        if token_inputs:  # ln1 at [demonstration tokens,] query tokens, answer position
+            n_dem = n_demo_tok if demo_attention else 0
+            spans = [starts[rows, None] + torch.arange(n_dem)[None, :]] if n_dem else []
+            ln1_pos = torch.cat([*spans, pos, task.answer_pos[rows, None]], 1)
+            at = {n: ln1_pos if n in ln1 else task.answer_pos[rows] for n in [*names, "logits"]}
+        got = capture(model, task.tokens[rows, :width], names, positions=at, return_logits=True)
+        chunk["out"] = stack_layers(got, "attn_out", n_layers)
+        scores = stack_layers(got, "scores", n_layers)
         picked = scores.gather(-1, pos[:, None, None, :].expand(*scores.shape[:3], q_max))
         chunk["scores"] = torch.where(keep[:, None, None, :], picked, torch.zeros_like(picked))
         if demo_attention:
@@ -291,7 +302,14 @@ def run_prompts(
             didx = dpos[:, None, None, :].expand(*pat.shape[:3], n_demo_tok)
             chunk["pattern"] = pat.gather(-1, didx)
             chunk["demo_scores"] = scores.gather(-1, didx)
-        if attn_in:
+        if token_inputs:
+            x = stack_layers(got, "ln1", n_layers)  # [batch, n_layers, k, d_model]
+            if demo_attention:
+                chunk["demo_x"] = x[:, :, :n_demo_tok]
+            chunk["query_x"] = torch.where(keep[:, None, :, None], x[:, :, -q_max - 1 : -1], 0.0)
+            if attn_in:
+                chunk["in"] = x[:, :, -1]
+        elif attn_in:
             chunk["in"] = stack_layers(got, "ln1", n_layers)
         if queries:
             chunk["q"] = stack_layers(got, "q", n_layers).flatten(-2)
@@ -300,7 +318,7 @@ def run_prompts(
 
     chunks = run_batched(len(task), batch_size, step, default=DEFAULT_BATCH,
                          device=model_device(model), what=f"{setting} capture")
-    keys = ("out", "scores", "pattern", "demo_scores", "in", "q", "logits")
+    keys = ("out", "scores", "pattern", "demo_scores", "in", "q", "logits", "query_x", "demo_x")
     parts = {k: [c[k] for c in chunks if k in c] for k in keys}
     return RunCapture(
         setting=setting,
@@ -313,30 +331,30 @@ def run_prompts(
         attn_in=torch.cat(parts["in"]) if attn_in else None,
         demo_scores=torch.cat(parts["demo_scores"]) if demo_attention else None,
         query_q=torch.cat(parts["q"]) if queries else None,
+        query_inputs=torch.cat(parts["query_x"]) if token_inputs else None,
+        demo_token_inputs=torch.cat(parts["demo_x"]) if token_inputs and demo_attention else None,
     )
 
 
 def run_zero_shot(
-    model: Any, prompts: PromptSet, *, batch_size: BatchSize = DEFAULT_BATCH
+    model: Any, prompts: PromptSet, *, token_inputs: bool = False,
+    batch_size: BatchSize = DEFAULT_BATCH,
 ) -> RunCapture:
-    """ZS: the queries alone; also keeps the attention inputs (`attn_in`) for Kendall τ."""
-    return run_prompts(
-        model, prompts.zs, prompts.query_len, setting="zs", attn_in=True, batch_size=batch_size
-    )
+    """ZS: the queries alone; also keeps the attention inputs (`attn_in`) for Kendall τ and,
+    with `token_inputs`, at every query token (`query_inputs`, for the ΔW comparison)."""
+    return run_prompts(model, prompts.zs, prompts.query_len, setting="zs", attn_in=True,
+                       token_inputs=token_inputs, batch_size=batch_size)
 
 
 def run_icl(
-    model: Any, prompts: PromptSet, *, batch_size: BatchSize = DEFAULT_BATCH
+    model: Any, prompts: PromptSet, *, token_inputs: bool = False,
+    batch_size: BatchSize = DEFAULT_BATCH,
 ) -> RunCapture:
-    """ICL: demonstrations + query; also keeps the attention to the demonstration tokens."""
-    return run_prompts(
-        model,
-        prompts.icl,
-        prompts.query_len,
-        setting="icl",
-        demo_attention=True,
-        batch_size=batch_size,
-    )
+    """ICL: demonstrations + query; also keeps the attention to the demonstration tokens and,
+    with `token_inputs`, the attention inputs there (`demo_token_inputs`, for the ΔW
+    comparison)."""
+    return run_prompts(model, prompts.icl, prompts.query_len, setting="icl", demo_attention=True,
+                       token_inputs=token_inputs, batch_size=batch_size)
 
 
 # ----------------------------------------------------------------------------- finetuned runs

@@ -28,7 +28,7 @@ and an SVD of the small `r × r` core. Heads are key/value heads (`n_key_value_h
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -46,16 +46,31 @@ from iclgd.probes.finetune import WeightDelta
 
 @dataclass(frozen=True)
 class FactoredDelta:
-    """`ΔW[h] = left[h] @ right[h].T`, `[d_head (value/output), d_head (key/query)]` per head;
-    acts on a head's query column vector. Float64."""
+    """`ΔW[h] = left[h] @ right[h].T`, `[d_head (value/output), d_head (key/query)]` per head
+    (any leading batch axes before `heads`); acts on a head's query column vector. Float64.
+    Immutable, so its Frobenius norms and top singular subspaces are computed once
+    (`compare_delta_w` of one ΔW_ICL against many ΔW_FT reuses them)."""
 
-    left: Float[Tensor, "heads d_head r"]
-    right: Float[Tensor, "heads d_head r"]
+    left: Float[Tensor, "*batch heads d_head r"]
+    right: Float[Tensor, "*batch heads d_head r"]
     layer: int
+    _memo: dict[Any, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
 
-    def materialize(self) -> Float[Tensor, "heads d_head d_head"]:
+    def materialize(self) -> Float[Tensor, "*batch heads d_head d_head"]:
         """The dense matrices (small: d_head × d_head per head)."""
         return self.left @ self.right.transpose(-1, -2)
+
+    def norm(self) -> Float[Tensor, "*batch heads"]:
+        """`||ΔW[h]||_F` per head, from the factors' Gram matrices."""
+        if "norm" not in self._memo:
+            self._memo["norm"] = _gram_inner(self, self).clamp_min(0).sqrt()
+        return self._memo["norm"]
+
+    def subspaces(self, rank: int) -> tuple[Tensor, Tensor, Tensor]:
+        """`top_singular_subspaces(self, rank)`, memoised."""
+        if ("svd", rank) not in self._memo:
+            self._memo[("svd", rank)] = top_singular_subspaces(self, rank)
+        return self._memo[("svd", rank)]
 
 
 def attention_inputs(model: Any, tokens: Tensor, layer: int) -> Float[Tensor, "pos d_model"]:
@@ -70,15 +85,16 @@ def attention_inputs(model: Any, tokens: Tensor, layer: int) -> Float[Tensor, "p
 
 
 def keys_values(w: Any, x: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-head keys and values `[heads, pos, d_head]` (float64, biases included) of attention
-    inputs `x [pos, d_model]` under raw `AttentionWeights` `w`: `x @ W_K[h] + b_K[h]`."""
-    k = torch.einsum("pd,hde->hpe", x, w.W_K.double())
-    v = torch.einsum("pd,hde->hpe", x, w.W_V.double())
+    """Per-head keys and values `[..., heads, pos, d_head]` (float64, biases included) of
+    attention inputs `x [..., pos, d_model]` (any leading batch axes) under raw
+    `AttentionWeights` `w`: `x @ W_K[h] + b_K[h]`."""
+    k = torch.einsum("...pd,hde->...hpe", x, w.W_K.double())
+    v = torch.einsum("...pd,hde->...hpe", x, w.W_V.double())
     if w.b_K is not None:
         k = k + w.b_K.double()[:, None]
     if w.b_V is not None:
         v = v + w.b_V.double()[:, None]
-    return k, v  # [heads, pos, d_head]
+    return k, v  # [..., heads, pos, d_head]
 
 
 def _positions(demonstrations: TokenizedTask | Tensor, row: int,
@@ -161,7 +177,7 @@ def top_singular_subspaces(d: FactoredDelta, rank: int) -> tuple[Tensor, Tensor,
     `V [heads, d_head, r']` with `r' = min(rank, d_head, r)`."""
     ql, rl = torch.linalg.qr(d.left)
     qr, rr = torch.linalg.qr(d.right)
-    u, s, vh = torch.linalg.svd(rl @ rr.transpose(-1, -2))
+    u, s, vh = torch.linalg.svd(rl @ rr.transpose(-1, -2), full_matrices=False)
     r = min(rank, s.shape[-1])
     return ql @ u[..., :r], s[..., :r], qr @ vh.transpose(-1, -2)[..., :r]
 
@@ -189,13 +205,12 @@ def compare_delta_w(
     if rank < 1:
         raise IclgdError(f"rank must be >= 1, got {rank}")
     ab = _gram_inner(implied, actual)
-    na = _gram_inner(implied, implied).clamp_min(0).sqrt()
-    nb = _gram_inner(actual, actual).clamp_min(0).sqrt()
+    na, nb = implied.norm(), actual.norm()
     ok = (na > 0) & (nb > 0)
     cos = torch.where(ok, ab / (na * nb).clamp_min(1e-300), torch.zeros_like(ab))
     ratio = torch.where(nb > 0, na / nb.clamp_min(1e-300), torch.full_like(na, float("nan")))
-    ua, _, va = top_singular_subspaces(implied, rank)
-    ub, _, vb = top_singular_subspaces(actual, rank)
+    ua, _, va = implied.subspaces(rank)
+    ub, _, vb = actual.subspaces(rank)
     r = min(ua.shape[-1], ub.shape[-1])
     left = (ua[..., :r].transpose(-1, -2) @ ub[..., :r]).pow(2).sum((-1, -2)) / r
     right = (va[..., :r].transpose(-1, -2) @ vb[..., :r]).pow(2).sum((-1, -2)) / r

@@ -259,3 +259,25 @@ def test_batched_delta_w_matches_the_per_call_functions(neox, sets):
     per_query = [float(compare_delta_w(dw.implied[r][1], dw.actual(delta, r)[1])["cosine"].mean())
                  for r in range(len(ps))]
     assert rows[("dw_cosine", 1)] == pytest.approx(sum(per_query) / len(per_query), abs=1e-12)
+
+
+def test_delta_w_from_the_runs_equals_its_own_capture(neox, sets):
+    from iclgd.analyses.compare_dw import DeltaWComparison
+    from iclgd.probes.finetune import finetune
+
+    ps = sets[3]
+    zs = run_zero_shot(neox, ps, token_inputs=True, batch_size=3)  # two batches, padded
+    icl = run_icl(neox, ps, token_inputs=True, batch_size=3)
+    assert zs.query_inputs.shape[:3] == (len(ps), 2, int(ps.query_len.max()))
+    assert torch.equal(zs.attn_in, run_zero_shot(neox, ps, batch_size=3).attn_in)
+    own, reused = DeltaWComparison(neox, ps), DeltaWComparison(neox, ps, zs=zs, icl=icl)
+    for row in range(len(ps)):
+        for layer in (0, 1):
+            a, b = own.implied[row][layer].materialize(), reused.implied[row][layer].materialize()
+            assert torch.allclose(a, b, rtol=1e-5, atol=1e-6 * float(a.abs().max()))
+            assert torch.allclose(own.query_x[row][layer], reused.query_x[row][layer],
+                                  rtol=1e-5, atol=1e-6)
+    delta = finetune(neox, ps.demos, method="kv", lr=0.3)
+    for x, y in zip(own.rows([delta]), reused.rows([delta]), strict=True):
+        assert x["metric"] == y["metric"] and x["layer"] == y["layer"]
+        assert x["value"] == pytest.approx(y["value"], rel=1e-4, abs=1e-6)
