@@ -2,12 +2,17 @@
 
 The command runs in a fresh process exactly as a user runs it (`iclgd.cli.main`, so
 `keep_freed_memory()` applies), with every forward call of the model recorded
-(`iclgd.bench.measure.record_lm_calls`: token shapes, grad mode, vmapped task count). That
-process reports its CPU time and `ru_maxrss` (the kernel's peak resident set of the whole
-process: interpreter, libraries, model, everything). The baseline, in this process, loads the
-same converted weights with `AutoModelForCausalLM.from_pretrained` and replays the recorded
-calls as plain Hugging Face calls on the same shapes: no-grad forwards, and forward + backward
-for every finetuning step (`plain_replay`). Ratio = compare CPU s / baseline CPU s.
+(`iclgd.bench.measure.record_lm_calls`: token shapes, grad mode, vmapped task count) and every
+finetuning update (`record_updates`: optimizer, rate, trained tensors). That process reports
+its CPU time (user + system of the whole process, from interpreter start: imports, loading,
+everything) and `ru_maxrss` (the kernel's peak resident set). The baseline is a second fresh
+process doing the same work as a plain script would: import torch and transformers, load the
+same converted weights with `AutoModelForCausalLM.from_pretrained` (with the command's malloc
+settings, `iclgd.runtime.keep_freed_memory`), and replay the recorded
+calls (`plain_replay`): no-grad forwards, and for every finetuning step forward + backward into
+the same trained tensors + the same optimizer's step (`torch.optim`, Adam fused). Ratio =
+compare CPU s / baseline CPU s: what iclgd adds (the bridge and its hooks, the captures, every
+metric, the ΔW comparison, tables and figures) on top of the model work.
 
 Settings (`COMPARE_ARGS`): the defaults' largest N (8) and their heaviest methods (Adam and
 GD on every weight, Dai's kv) at the default batch size, with untuned rates and 16 queries so
@@ -24,31 +29,55 @@ import resource
 import subprocess
 import sys
 import tempfile
-import time
+from pathlib import Path
+from typing import Any
 
 from iclgd.bench import Row
-from iclgd.bench.measure import Call, plain_replay
 
 TARGET_TIME, BUDGET_GB = "<= 1.3", 4.0
 COMPARE_ARGS = ["--task", "sentiment", "--demos", "1,8", "--methods", "gd,adam,kv",
                 "--lr", "default", "--queries", "16"]
 
 
+def _process_cpu_s() -> float:
+    """User + system CPU seconds of this whole process so far (imports included)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def worker(model: str, out: str, extra: list[str]) -> None:
-    """Run `iclgd compare` here, print `{cpu_s, maxrss_bytes, calls}` as the last line."""
-    from iclgd.bench.measure import record_lm_calls
+    """Run `iclgd compare` here; print `{cpu_s, maxrss_bytes, calls, updates}` as the last line."""
+    from iclgd.bench.measure import record_lm_calls, record_updates
     from iclgd.cli import main
 
-    t0 = time.process_time()
-    with record_lm_calls() as calls:
+    with record_lm_calls() as calls, record_updates() as updates:
         rc = main(["compare", "--model", model, "--out", out, "--json", *extra])
     if rc != 0:
         raise SystemExit(rc)
     print(json.dumps({
-        "cpu_s": time.process_time() - t0,
+        "cpu_s": _process_cpu_s(),
         "maxrss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         "calls": [[list(c.shape), c.grad, c.vmapped] for c in calls],
+        "updates": [[u.optimizer, u.lr, list(u.trained)] for u in updates],
     }))
+
+
+def baseline(folder: str, work: str, device: str) -> None:
+    """The plain script: load the weights with transformers and replay `work` (the worker's
+    JSON); print `{cpu_s}` (whole process, imports included) as the last line."""
+    from transformers import AutoModelForCausalLM
+
+    from iclgd.bench.measure import Call, Update, plain_replay
+    from iclgd.runtime import keep_freed_memory
+
+    keep_freed_memory()  # the same malloc settings as the command (no page-fault handicap)
+
+    got = json.loads(Path(work).read_text(encoding="utf-8"))
+    calls = [Call(tuple(s), bool(g), int(v)) for s, g, v in got["calls"]]
+    updates = [Update(o, float(lr), tuple(t)) for o, lr, t in got["updates"]]
+    hf = AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager").to(device)
+    plain_replay(hf.eval(), calls, int(hf.config.vocab_size), updates=updates)()
+    print(json.dumps({"cpu_s": _process_cpu_s()}))
 
 
 def run(quick: bool, device: str, tiny: bool = False) -> list[Row]:
@@ -64,35 +93,42 @@ def run(quick: bool, device: str, tiny: bool = False) -> list[Row]:
                     float("nan"), "s", TARGET_TIME, None, f"skipped: {err}")]
     with tempfile.TemporaryDirectory() as tmp:
         args = [*COMPARE_ARGS, "--device", device]
-        done = subprocess.run(
-            [sys.executable, "-m", "iclgd.bench.compare_bench", "smollm2-135m", tmp, json.dumps(args)],
-            capture_output=True, text=True, env=os.environ.copy())
-    if done.returncode != 0:
-        raise RuntimeError(f"iclgd compare failed:\n{done.stderr[-3000:]}")
-    got = json.loads(done.stdout.strip().splitlines()[-1])
-    calls = [Call(tuple(s), bool(g), int(v)) for s, g, v in got["calls"]]
-    base = baseline_seconds(folder, calls, device)
-    steps = sum(c.vmapped for c in calls if c.grad)
+        got = _last_json(_fresh(["worker", "smollm2-135m", tmp, json.dumps(args)], "iclgd compare"))
+        work = Path(tmp) / "work.json"
+        work.write_text(json.dumps(got), encoding="utf-8")
+        base = _last_json(_fresh(["baseline", str(folder), str(work), device], "the baseline"))
+    steps = sum(v for _, g, v in got["calls"] if g)
+    forwards = sum(1 for _, g, _v in got["calls"] if not g)
     what = "compare on SmolLM2-135M (" + " ".join(COMPARE_ARGS[2:]) + ")"
     gb = got["maxrss_bytes"] / 1e9
     return [
-        Row("compare", what, got["cpu_s"], base, got["cpu_s"] / base, "CPU s", TARGET_TIME, None,
-            f"{len(calls) - steps} forwards, {steps} finetuning steps; one run each"),
+        Row("compare", what, got["cpu_s"], base["cpu_s"], got["cpu_s"] / base["cpu_s"], "CPU s",
+            TARGET_TIME, None, f"{forwards} forwards, {steps} finetuning steps with their "
+            "updates; whole processes, imports included; one run each"),
         Row("compare", "compare on SmolLM2-135M, peak resident memory", gb, BUDGET_GB,
             gb / BUDGET_GB, "GB (baseline = budget)", "<= 1", None,
             "ru_maxrss of the whole process, keep_freed_memory applied"),
     ]
 
 
-def baseline_seconds(folder: object, calls: list[Call], device: str) -> float:
-    """CPU seconds of loading the weights plainly and replaying `calls` on them."""
-    from transformers import AutoModelForCausalLM
+def _fresh(args: list[str], what: str) -> str:
+    """Run this module in a fresh process with the bench's torch thread count."""
+    import torch
 
-    t0 = time.process_time()
-    hf = AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager").to(device)
-    plain_replay(hf.eval(), calls, int(hf.config.vocab_size))()
-    return time.process_time() - t0
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    done = subprocess.run([sys.executable, "-m", "iclgd.bench.compare_bench", *args],
+                          capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        raise RuntimeError(f"{what} failed:\n{done.stderr[-3000:]}")
+    return done.stdout
+
+
+def _last_json(stdout: str) -> dict[str, Any]:
+    return json.loads(stdout.strip().splitlines()[-1])
 
 
 if __name__ == "__main__":
-    worker(sys.argv[1], sys.argv[2], json.loads(sys.argv[3]))
+    if sys.argv[1] == "worker":
+        worker(sys.argv[2], sys.argv[3], json.loads(sys.argv[4]))
+    else:
+        baseline(sys.argv[2], sys.argv[3], sys.argv[4])

@@ -176,6 +176,36 @@ class Call:
     vmapped: int = 1
 
 
+@dataclass(frozen=True)
+class Update:
+    """One finetuning update: the optimizer (`sgd` or `adam`), its rate and the HF names of
+    the tensors it changed."""
+
+    optimizer: str
+    lr: float
+    trained: tuple[str, ...]
+
+
+@contextmanager
+def record_updates() -> Iterator[list[Update]]:
+    """Record every update `iclgd.probes.finetune` applies inside the block (one per step)."""
+    from iclgd.probes import finetune as ft
+
+    updates: list[Update] = []
+    original = ft._update
+
+    def spy(params: Any, grads: Any, masks: Any, state: Any, optimizer: str, lr: float,
+            where: str) -> None:
+        updates.append(Update(optimizer, float(lr), tuple(grads)))
+        original(params, grads, masks, state, optimizer, lr, where)
+
+    ft._update = spy  # type: ignore[assignment]
+    try:
+        yield updates
+    finally:
+        ft._update = original  # type: ignore[assignment]
+
+
 @contextmanager
 def record_lm_calls() -> Iterator[list[Call]]:
     """Record every forward call of a Hugging Face language model (a `PreTrainedModel` with an
@@ -208,28 +238,52 @@ def record_lm_calls() -> Iterator[list[Call]]:
         handle.remove()
 
 
-def plain_replay(hf: Any, calls: list[Call], vocab: int, seed: int = 0) -> Callable[[], None]:
+def plain_replay(hf: Any, calls: list[Call], vocab: int, seed: int = 0,
+                 updates: list[Update] | None = None) -> Callable[[], None]:
     """The recorded work as plain Hugging Face calls on `hf`, on random tokens of the same
     shapes: a no-grad call → `hf(tokens, use_cache=False)`; a grad call (a finetuning step) →
-    forward, next-token cross-entropy and `backward()` once per vmapped task. Gradients flow
-    to every parameter (a method that trains fewer tensors does less weight-gradient work)."""
+    forward, next-token cross-entropy and `backward()` once per vmapped task. Without `updates`
+    gradients flow to every parameter and nothing is updated; with them (one per grad call, in
+    order, `record_updates`) only the updated tensors get gradients and each step ends with
+    PyTorch's own optimizer on them (`torch.optim.SGD`, or `torch.optim.Adam` with its fused
+    kernel), a new optimizer whenever the optimizer or the trained set changes (a new run)."""
     import torch
     import torch.nn.functional as F
 
     g = torch.Generator().manual_seed(seed)
     device = next(hf.parameters()).device
     work = [(torch.randint(0, vocab, c.shape, generator=g).to(device), c) for c in calls]
+    steps = iter(updates or [])
+    named = dict(hf.named_parameters(remove_duplicate=False))  # tied weights under each name
+
+    def optimizer_for(u: Update, last: tuple[Any, Any]) -> tuple[Any, Any]:
+        if last[0] == (u.optimizer, u.trained):
+            return last
+        for p in named.values():
+            p.requires_grad_(False)
+        for n in u.trained:
+            named[n].requires_grad_(True)
+        params = list({id(named[n]): named[n] for n in u.trained}.values())
+        opt = torch.optim.SGD(params, lr=u.lr) if u.optimizer == "sgd" \
+            else torch.optim.Adam(params, lr=u.lr, fused=True)
+        return (u.optimizer, u.trained), opt
 
     def run() -> None:
+        last: tuple[Any, Any] = (None, None)
         for tokens, c in work:
             if not c.grad:
                 with torch.no_grad():
                     hf(tokens, use_cache=False)
                 continue
+            u = next(steps, None) if updates is not None else None
+            if u is not None:
+                last = optimizer_for(u, last)
             for _ in range(c.vmapped):
                 logits = hf(tokens, use_cache=False).logits[:, :-1]
                 F.cross_entropy(logits.reshape(-1, logits.shape[-1]),
                                 tokens[:, 1:].reshape(-1)).backward()
+                if u is not None:
+                    last[1].step()
                 hf.zero_grad(set_to_none=True)
 
     return run
