@@ -36,12 +36,12 @@ from iclgd.analyses.section_base import (
     load_part,
     measure_part,
     merge_parts,
-    one_line,
     save_part,
     settings_dict,
 )
 from iclgd.analyses.sections import SECTIONS, get_section, settings_for
 from iclgd.constructions.registry import NAMES
+from iclgd.errors import first_line
 
 FT_SECTIONS = ("order", "outputs", "dual_form")
 # CPU seconds per task at full size on the reference 2-core machine (quick: QUICK_SCALE x)
@@ -195,7 +195,7 @@ def run_task(task: Task, cfg: DemoConfig) -> Any:
             load_lm(task.ref, cfg.device, cfg.dtype)
             return {"reason": None, "cpu_s": time.process_time() - start}
         except NotAvailable as err:
-            return {"reason": one_line(err), "cpu_s": time.process_time() - start}
+            return {"reason": first_line(err, 200), "cpu_s": time.process_time() - start}
     if task.kind == "tune":
         return tune_model(task.ref, cfg) | {"cpu_s": time.process_time() - start}
     if task.kind == "part":
@@ -222,7 +222,7 @@ def tune_model(ref: ModelRef, cfg: DemoConfig) -> dict[str, Any]:
     try:
         model = load_lm(ref, cfg.device, cfg.dtype)
     except NotAvailable as err:
-        return {"status": f"not available: {one_line(err)}"}
+        return {"status": f"not available: {first_line(err, 200)}"}
     n = settings.ginc_demos if ref.kind == "ginc" else settings.lm_demos
     rates, info = learning_rates_for(model, ref, settings, cfg.tuned_methods(ref.kind), n)
     write_json(cfg.out / "lr" / f"{ref.label}.json", {"rates": rates, "n_demos": n,
@@ -400,7 +400,7 @@ class Scheduler:
                     try:
                         self._record(task, fut.result())
                     except Exception as err:  # noqa: BLE001 - a dead worker fails its task only
-                        self.done[task.key] = f"failed: {type(err).__name__}: {one_line(err)}"
+                        self.done[task.key] = f"failed: {type(err).__name__}: {first_line(err, 200)}"
                         if task.kind == "part":
                             self._record_part(Part(task.ref.label, task.ref.spec,
                                                    self.done[task.key],

@@ -49,7 +49,7 @@ from typing import Any
 import torch
 
 from iclgd.analyses.shards import Shard, shard_record, sweep_grid
-from iclgd.errors import IclgdError
+from iclgd.errors import IclgdError, first_line
 from iclgd.probes.density import DEFAULT_THRESHOLDS, fractions_below, hoyer, threshold_key
 from iclgd.probes.drift import layer_matrices, weight_drift
 from iclgd.probes.icl import gain_verdict
@@ -393,7 +393,7 @@ def run_sweep(
         try:
             model = loader.load(ref)
         except Exception as err:  # noqa: BLE001 - any load failure becomes a failure row
-            _fail(out, ref, f"failed to load: {_one_line(err)}")
+            _fail(out, ref, f"failed to load: {first_line(err, 300)}")
             continue
         try:
             row: dict[str, Any] = {"checkpoint": ref.label, "step": ref.step}
@@ -407,7 +407,7 @@ def run_sweep(
                         final_failed = True
                         print(
                             f"iclgd sweep: last checkpoint {refs[-1].label} unreadable "
-                            f"({_one_line(err)}): weight_drift_final is null",
+                            f"({first_line(err, 300)}): weight_drift_final is null",
                             file=sys.stderr,
                         )
                 row["weight_drift_prev"] = _drift_prev(loader, refs, i, prev, theta)
@@ -420,7 +420,7 @@ def run_sweep(
                 row.update(_density(layer_matrices(model), settings.thresholds))
             row["seconds"] = time.perf_counter() - start
         except Exception as err:  # noqa: BLE001 - an evaluation failure becomes a failure row
-            _fail(out, ref, f"failed to evaluate: {_one_line(err)}")
+            _fail(out, ref, f"failed to evaluate: {first_line(err, 300)}")
             continue
         append_jsonl_atomic(out / ROWS, row)
     rows = load_rows(out)
@@ -475,7 +475,7 @@ def _drift_prev(
         return weight_drift(theta, loader.theta(before))
     except Exception as err:  # noqa: BLE001
         print(
-            f"iclgd sweep: previous checkpoint {before.label} unreadable ({_one_line(err)}): "
+            f"iclgd sweep: previous checkpoint {before.label} unreadable ({first_line(err, 300)}): "
             "weight_drift_prev is null",
             file=sys.stderr,
         )
@@ -494,11 +494,6 @@ def _density(theta: dict[str, torch.Tensor], thresholds: tuple[float, ...]) -> d
 def _fail(out: Path, ref: CheckpointRef, message: str) -> None:
     print(f"iclgd sweep: checkpoint {ref.label} {message}", file=sys.stderr)
     append_jsonl_atomic(out / ROWS, {"checkpoint": ref.label, "step": ref.step, "error": message})
-
-
-def _one_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return (text.splitlines()[0] if text else type(err).__name__)[:300]
 
 
 def _csv_row(row: dict[str, Any]) -> dict[str, Any]:
