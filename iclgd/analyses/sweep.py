@@ -49,13 +49,13 @@ from typing import Any
 import torch
 
 from iclgd.analyses.shards import Shard, shard_record, sweep_grid
+from iclgd.analyses.sweep_tasks import SweepTasks
 from iclgd.errors import IclgdError, first_line
 from iclgd.probes.density import DEFAULT_THRESHOLDS, fractions_below, hoyer, threshold_key
 from iclgd.probes.drift import layer_matrices, weight_drift
 from iclgd.probes.icl import gain_verdict
 from iclgd.results import append_jsonl_atomic, atomic_write_text, provenance, write_csv, write_json
 
-SWEEP_TASKS = ("icl", "icl_score", "induction", "density", "drift")
 ROWS = "rows.jsonl"
 
 
@@ -340,7 +340,6 @@ def run_sweep(
     its provenance, no plots (merge the shard folders with `iclgd merge`)."""
     from tqdm import tqdm
 
-    from iclgd.analyses.sweep_tasks import SweepTasks
     from iclgd.hooks import resolve_device
 
     settings = settings or SweepSettings()

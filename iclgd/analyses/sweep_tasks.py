@@ -26,6 +26,8 @@ from iclgd.hooks.batching import AUTO, AutoBatch
 from iclgd.probes.icl import IclPrompts, icl_accuracy, icl_gain, icl_score
 from iclgd.probes.induction import induction_scores
 
+SWEEP_TASKS = ("icl", "icl_score", "induction", "density", "drift")  # in row order
+
 
 @dataclass(frozen=True)
 class IclSet:
@@ -82,8 +84,6 @@ class SweepTasks:
     @classmethod
     def for_source(cls, source: str | Path, refs: list[Any], settings: Any) -> SweepTasks:
         """Tasks requested (`settings.tasks`, None = all available) checked against the source."""
-        from iclgd.analyses.sweep import SWEEP_TASKS
-
         requested = settings.tasks
         unknown = [t for t in requested or () if t not in SWEEP_TASKS]
         if unknown:
