@@ -122,8 +122,8 @@ def measure_density(ref: ModelRef, settings: DensitySettings, ctx: RunContext) -
     headline: dict[str, Any] = {"kind": ref.kind}
     prov: dict[str, Any] = {}
     if ref.kind == "construction":
-        from iclgd.constructions.audit import density_at_width
         from iclgd.constructions.registry import build_construction
+        from iclgd.probes.audit import density_at_width
 
         weights = build_construction(ref.spec).weights()
         width = density_at_width(weights, build_construction(ref.spec).nonzero_at_width)
