@@ -177,6 +177,24 @@ def test_error_paths(tmp_path, series):
         run_sweep(plain, tmp_path / "o", SweepSettings(tasks=("icl",)))
 
 
+def test_checkpoints_picked_by_label_or_index_then_thinned(series):
+    from iclgd.analyses.sweep import resolve_source
+
+    def labels(*args):
+        return [(r.label, r.step) for r in resolve_source(series, *args)]
+
+    assert labels() == [("step0", 0), ("step5", 5), ("step50", 50)]
+    assert labels(("-1", "step0", "0")) == [("step0", 0), ("step50", 50)]
+    assert labels(None, 2) == [("step0", 0), ("step50", 50)]
+    assert labels(("step5", "step50"), 5) == [("step5", 5), ("step50", 50)]
+    with pytest.raises(IclgdError, match="every must be >= 1, got 0"):
+        labels(None, 0)
+    with pytest.raises(IclgdError, match="not of the form step"):
+        resolve_source("org/model", ("main",))
+    with pytest.raises(IclgdError, match="unknown source './a/b': no such folder"):
+        resolve_source("./a/b", ("step1",))
+
+
 def test_cli_one_line_errors(tmp_path, series):
     from iclgd.cli import main
 
