@@ -18,8 +18,9 @@ for every checkpoint of a series, in step order, one row with
 - `weight_drift_prev` (relative to the previous checkpoint *of the selected series*; null for the
   first) and `weight_drift_final` (relative to its last checkpoint); see `iclgd.probes.drift`.
 
-Files in the output folder: `rows.jsonl` (one JSON line per checkpoint, appended atomically),
-`provenance.json`, and at the end `rows.csv` (flattened) and the plots (`iclgd.analyses.sweep_rows`).
+Files in the output folder (`iclgd.analyses.sweep_rows`): `rows.jsonl` (one JSON line per
+checkpoint, appended atomically), `provenance.json`, and at the end `rows.csv` (flattened) and
+the plots.
 The checkpoints are selected and loaded by `iclgd.analyses.sweep_source`, after one architecture
 check of the whole series (`iclgd.hooks.checkpoints.check_one_architecture`).
 
@@ -254,8 +255,8 @@ class Drift:
                 self.final_failed = True
                 _warn(f"last checkpoint {self.refs[-1].label} unreadable ({first_line(err, 300)}): "
                       "weight_drift_final is null")
-        return {"weight_drift_prev": self._drift_prev(i, theta),
-                "weight_drift_final": None if self.final is None else weight_drift(theta, self.final)}
+        final = None if self.final is None else weight_drift(theta, self.final)
+        return {"weight_drift_prev": self._drift_prev(i, theta), "weight_drift_final": final}
 
     def _drift_prev(self, i: int, theta: Theta) -> float | None:
         if i == 0:
