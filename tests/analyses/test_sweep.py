@@ -195,10 +195,13 @@ def test_checkpoints_picked_by_label_or_index_then_thinned(series):
         resolve_source("./a/b", ("step1",))
 
 
-def test_cli_one_line_errors(tmp_path, series):
+def test_cli_one_line_errors(tmp_path, series, capsys):
     from iclgd.cli import main
 
     assert main(["sweep", str(tmp_path / "missing" / "x"), "--out", str(tmp_path / "o")]) == 2
+    assert main(["sweep", str(series), "--out", str(tmp_path / "o"), "--every", "0"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "iclgd sweep: error: --every must be >= 1, got 0")
     out = tmp_path / "o2"
     assert main(["sweep", str(series), "--out", str(out), "--checkpoints", "step0,step50",
                  "--tasks", "drift,density", "--json", *FAST_ARGS]) == 0
