@@ -64,14 +64,13 @@ _HOME = {  # public name → the module that defines it
     "akyurek_sgd_step": "iclgd.constructions.akyurek",
     "ahn_preconditioned_gd": "iclgd.constructions.ahn",
     "Construction": "iclgd.constructions.base",
-    "audit_construction": "iclgd.constructions.audit",
+    "audit_construction": "iclgd.probes.audit",
     "IclgdError": "iclgd.errors",
 }
 
 if TYPE_CHECKING:
     from iclgd.constructions.ahn import ahn_preconditioned_gd
     from iclgd.constructions.akyurek import akyurek_sgd_step
-    from iclgd.constructions.audit import audit_construction
     from iclgd.constructions.base import Construction
     from iclgd.constructions.von_oswald import von_oswald_gd, von_oswald_gdpp
     from iclgd.data.tasks import TokenizedDemos, demos_from_token_examples
@@ -84,6 +83,7 @@ if TYPE_CHECKING:
     from iclgd.hooks.loading import load_model
     from iclgd.hooks.names import act_name, act_names
     from iclgd.hooks.weights import attention_weights, mlp_weights
+    from iclgd.probes.audit import audit_construction
     from iclgd.probes.density import fraction_below, hoyer, stable_rank
     from iclgd.probes.finetune import WeightDelta, finetune
     from iclgd.probes.metrics import (

@@ -1,59 +1,17 @@
-"""The `iclgd` command.
+"""The `iclgd` command: the console script and `python -m iclgd.cli`.
 
-Exit status: 0 on success; 2 for bad input — an `IclgdError` (one line on stderr: what was wrong
-and what to do) or an argument argparse rejects; 1 for anything else, which is a bug in iclgd:
-its traceback is printed. `ICLGD_DEBUG=1` re-raises bad-input errors with their traceback too.
+`main(argv)` (from `iclgd.commands`, where the subcommands live) runs one command line and
+returns its exit status: 0 on success, 2 for bad input (one line on stderr), 1 for a bug in
+iclgd (its traceback printed); see `iclgd.commands`.
 """
 
 from __future__ import annotations
 
-import argparse
-import importlib
-import os
 import sys
-import traceback
-from collections.abc import Sequence
 
-from iclgd.commands import COMMAND_MODULES
-from iclgd.errors import IclgdError, first_line
-from iclgd.runtime import keep_freed_memory
+from iclgd.commands import build_parser, main
 
-
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser with every registered subcommand."""
-    parser = argparse.ArgumentParser(
-        prog="iclgd",
-        description="Test whether in-context learning is gradient descent, on real weights.",
-    )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in COMMAND_MODULES:
-        importlib.import_module(f"iclgd.commands.{name}").register(sub)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the console script; returns the exit status."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    keep_freed_memory()
-    try:
-        return int(args.func(args) or 0)
-    except BrokenPipeError:  # output piped into `head` and the like
-        return 0
-    except KeyboardInterrupt:
-        print("iclgd: interrupted", file=sys.stderr)
-        return 130
-    except IclgdError as err:
-        if os.environ.get("ICLGD_DEBUG"):
-            raise
-        print(f"iclgd {args.command}: error: {first_line(err)}", file=sys.stderr)
-        return 2
-    except Exception:  # not bad input: a bug, shown as one
-        traceback.print_exc()
-        print(f"iclgd {args.command}: internal error (a bug in iclgd, not in your input): please "
-              "report it with the traceback above", file=sys.stderr)
-        return 1
-
+__all__ = ["build_parser", "main"]
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

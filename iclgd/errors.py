@@ -19,8 +19,8 @@ class IclgdError(ValueError):
     """
 
 
-def first_line(err: BaseException) -> str:
-    """The first non-empty line of an exception's message (its type name when it has none):
-    what a one-line error report shows of an underlying library's exception."""
+def first_line(err: BaseException, limit: int | None = None) -> str:
+    """The first non-empty line of an exception's message (its type name when it has none),
+    cut to `limit` characters: what a one-line error report shows of an underlying exception."""
     text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
+    return (text.splitlines()[0] if text else type(err).__name__)[:limit]

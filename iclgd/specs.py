@@ -12,13 +12,16 @@ ordering of checkpoint series (`checkpoint_step`, `list_checkpoints`, `select_ch
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TypeVar
 
 from iclgd.errors import IclgdError
 
 CHECKPOINT_RE = re.compile(r"^(?:step|checkpoint-|global_step)(\d+)$")
 
 Checkpoint = tuple[str, int, Path]  # (label, step, folder)
+T = TypeVar("T")
 
 
 def checkpoint_step(name: str) -> int | None:
@@ -86,8 +89,8 @@ def select_checkpoint(
     )
 
 
-def every_kth(checkpoints: list[Checkpoint], every: int) -> list[Checkpoint]:
-    """Every `every`-th checkpoint of a series, the last one always kept."""
+def every_kth(checkpoints: Sequence[T], every: int) -> list[T]:
+    """Every `every`-th checkpoint of a series (any sequence of them), the last one always kept."""
     if every < 1:
         raise IclgdError(f"every must be >= 1, got {every}")
     last = len(checkpoints) - 1

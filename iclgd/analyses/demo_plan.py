@@ -22,7 +22,7 @@ import os
 import resource
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -36,12 +36,12 @@ from iclgd.analyses.section_base import (
     load_part,
     measure_part,
     merge_parts,
-    one_line,
     save_part,
     settings_dict,
 )
 from iclgd.analyses.sections import SECTIONS, get_section, settings_for
 from iclgd.constructions.registry import NAMES
+from iclgd.errors import first_line
 
 FT_SECTIONS = ("order", "outputs", "dual_form")
 # CPU seconds per task at full size on the reference 2-core machine (quick: QUICK_SCALE x)
@@ -68,7 +68,9 @@ class Task:
 @dataclass
 class DemoConfig:
     """What the demo runs: output folder, size, device, seed, the real LM (None: skipped), its
-    tasks, workers."""
+    tasks, workers; `run_command` runs an `iclgd` command line in the worker and returns its
+    exit status (`iclgd.commands.main`, which `iclgd demo` passes): the GINC training task
+    runs `iclgd train ginc` through it."""
 
     out: Path
     quick: bool = False
@@ -78,6 +80,7 @@ class DemoConfig:
     lm_tasks: tuple[str, ...] | None = None
     jobs: int = 2
     dtype: str | None = None
+    run_command: Callable[[Sequence[str]], int] | None = None
 
     def settings(self, section: str, label: str | None = None) -> Any:
         """The section's settings (quick or full, the demo's LM tasks and seed); for a
@@ -182,20 +185,20 @@ def run_task(task: Task, cfg: DemoConfig) -> Any:
     """Execute one task (in a worker process); returns what the scheduler records."""
     start = time.process_time()
     if task.kind == "train":
-        from iclgd.cli import main as cli_main
-
+        if cfg.run_command is None:
+            raise TypeError("DemoConfig.run_command is needed to train the GINC model")
         log = cfg.out / "ginc_train.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         with log.open("w", encoding="utf-8") as fh, contextlib.redirect_stdout(fh), \
                 contextlib.redirect_stderr(fh):
-            code = cli_main(task.payload["argv"])
+            code = cfg.run_command(task.payload["argv"])
         return {"code": code, "cpu_s": time.process_time() - start}
     if task.kind == "probe":
         try:
             load_lm(task.ref, cfg.device, cfg.dtype)
             return {"reason": None, "cpu_s": time.process_time() - start}
         except NotAvailable as err:
-            return {"reason": one_line(err), "cpu_s": time.process_time() - start}
+            return {"reason": first_line(err, 200), "cpu_s": time.process_time() - start}
     if task.kind == "tune":
         return tune_model(task.ref, cfg) | {"cpu_s": time.process_time() - start}
     if task.kind == "part":
@@ -222,7 +225,7 @@ def tune_model(ref: ModelRef, cfg: DemoConfig) -> dict[str, Any]:
     try:
         model = load_lm(ref, cfg.device, cfg.dtype)
     except NotAvailable as err:
-        return {"status": f"not available: {one_line(err)}"}
+        return {"status": f"not available: {first_line(err, 200)}"}
     n = settings.ginc_demos if ref.kind == "ginc" else settings.lm_demos
     rates, info = learning_rates_for(model, ref, settings, cfg.tuned_methods(ref.kind), n)
     write_json(cfg.out / "lr" / f"{ref.label}.json", {"rates": rates, "n_demos": n,
@@ -400,7 +403,7 @@ class Scheduler:
                     try:
                         self._record(task, fut.result())
                     except Exception as err:  # noqa: BLE001 - a dead worker fails its task only
-                        self.done[task.key] = f"failed: {type(err).__name__}: {one_line(err)}"
+                        self.done[task.key] = f"failed: {type(err).__name__}: {first_line(err, 200)}"
                         if task.kind == "part":
                             self._record_part(Part(task.ref.label, task.ref.spec,
                                                    self.done[task.key],

@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any
 
-from iclgd.errors import IclgdError
+from iclgd.errors import IclgdError, first_line
 from iclgd.results import provenance, save_figure, write_csv, write_json
 
 OK = "ok"
@@ -69,7 +69,7 @@ def load_lm(ref: ModelRef, device: str = "cpu", dtype: str | None = None) -> Any
     try:
         return load_model(ref.spec, device=device, dtype=dtype)
     except Exception as err:  # noqa: BLE001 - any load failure means "not available here"
-        raise NotAvailable(one_line(err)) from err
+        raise NotAvailable(first_line(err, 200)) from err
 
 
 def lm_provenance(model: Any, **extra: Any) -> dict[str, Any]:
@@ -78,12 +78,6 @@ def lm_provenance(model: Any, **extra: Any) -> dict[str, Any]:
     from iclgd.hooks import model_provenance
 
     return {**model_provenance(model), **extra}
-
-
-def one_line(err: BaseException) -> str:
-    """The first line of an exception's message (its type name when empty), at most 200 chars."""
-    text = str(err).strip()
-    return (text.splitlines()[0] if text else type(err).__name__)[:200]
 
 
 def settings_dict(settings: Any) -> dict[str, Any]:
@@ -256,13 +250,13 @@ def measure_part(
     try:
         part = section.measure(ref, settings, ctx)
     except NotAvailable as err:
-        part = Part(ref.label, ref.spec, f"not available: {one_line(err)}")
+        part = Part(ref.label, ref.spec, f"not available: {first_line(err, 200)}")
     except Exception as err:  # noqa: BLE001 - a failing part must not take the others down
         import os
 
         if os.environ.get("ICLGD_DEBUG"):
             raise
-        part = Part(ref.label, ref.spec, f"failed: {type(err).__name__}: {one_line(err)}")
+        part = Part(ref.label, ref.spec, f"failed: {type(err).__name__}: {first_line(err, 200)}")
     part.cpu_s = time.process_time() - start
     part.provenance = {
         **provenance(model=ref.spec, checkpoint=None, seed=getattr(settings, "seed", None),

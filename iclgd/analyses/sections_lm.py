@@ -31,6 +31,7 @@ from iclgd.analyses.section_base import (
     lm_provenance,
     load_lm,
 )
+from iclgd.errors import first_line
 from iclgd.probes.density import DEFAULT_THRESHOLDS, fractions_below, threshold_key
 
 DEFAULT_LM_TASKS = ("sentiment", "country-capital", "past-tense")
@@ -47,7 +48,7 @@ def available_tasks(names: tuple[str, ...]) -> tuple[list[str], dict[str, str]]:
             load_task(name)
             ok.append(name)
         except Exception as err:  # noqa: BLE001 - a task that does not load is not available
-            missing[name] = str(err).strip().splitlines()[0][:160] if str(err) else "not found"
+            missing[name] = first_line(err, 160) if str(err).strip() else "not found"
     return ok, missing
 
 
@@ -121,8 +122,8 @@ def measure_density(ref: ModelRef, settings: DensitySettings, ctx: RunContext) -
     headline: dict[str, Any] = {"kind": ref.kind}
     prov: dict[str, Any] = {}
     if ref.kind == "construction":
-        from iclgd.constructions.audit import density_at_width
         from iclgd.constructions.registry import build_construction
+        from iclgd.probes.audit import density_at_width
 
         weights = build_construction(ref.spec).weights()
         width = density_at_width(weights, build_construction(ref.spec).nonzero_at_width)

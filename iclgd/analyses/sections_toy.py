@@ -1,7 +1,7 @@
 """The demo's two ICL-objective sections: the constructions audit and trained-vs-constructed.
 
 - `constructions` — each published construction (`iclgd.constructions.registry`) against the
-  algorithm it claims, in float64 (`iclgd.constructions.audit.audit_construction`): error,
+  algorithm it claims, in float64 (`iclgd.probes.audit.audit_construction`): error,
   loss, non-zero fraction per matrix at its own width and at residual width 4096, and error
   under dense relative Gaussian noise on every matrix.
 - `trained_vs_constructed` — von Oswald et al. (2023)'s comparison: linear self-attention
@@ -51,8 +51,8 @@ def _width_counts(report: dict[str, Any]) -> tuple[dict[str, float], str]:
 
 def measure_construction(ref: ModelRef, settings: ConstructionSettings, ctx: RunContext) -> Part:
     """Audit the construction named `ref.spec` (float64, CPU)."""
-    from iclgd.constructions.audit import audit_construction
     from iclgd.constructions.registry import build_construction
+    from iclgd.probes.audit import audit_construction
 
     report = audit_construction(build_construction(ref.spec, seed=settings.seed),
                                 tasks=settings.tasks, seed=settings.seed)

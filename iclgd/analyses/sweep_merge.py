@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 from iclgd.analyses.shards import Merged, ShardFolder, shard_folder
-from iclgd.analyses.sweep import ROWS, load_rows, rewrite_rows, write_sweep_tables
+from iclgd.analyses.sweep_rows import ROWS, load_rows, rewrite_rows, write_sweep_tables
 from iclgd.errors import IclgdError
 from iclgd.results import write_json
 

@@ -26,6 +26,8 @@ from iclgd.hooks.batching import AUTO, AutoBatch
 from iclgd.probes.icl import IclPrompts, icl_accuracy, icl_gain, icl_score
 from iclgd.probes.induction import induction_scores
 
+SWEEP_TASKS = ("icl", "icl_score", "induction", "density", "drift")  # in row order
+
 
 @dataclass(frozen=True)
 class IclSet:
@@ -82,8 +84,6 @@ class SweepTasks:
     @classmethod
     def for_source(cls, source: str | Path, refs: list[Any], settings: Any) -> SweepTasks:
         """Tasks requested (`settings.tasks`, None = all available) checked against the source."""
-        from iclgd.analyses.sweep import SWEEP_TASKS
-
         requested = settings.tasks
         unknown = [t for t in requested or () if t not in SWEEP_TASKS]
         if unknown:
@@ -191,78 +191,86 @@ class SweepTasks:
     def evaluate(self, model: Any) -> dict[str, Any]:
         """The row fields of every task except density and drift (computed from raw weights)."""
         self._prepare(model)
-        st = self.settings
         row: dict[str, Any] = {}
         if "icl" in self.names:
-            by_task = {}
-            for spec, prompts, bayes, pretrained in self._sets:
-                acc = icl_accuracy(model, prompts, batch_size=self._auto or st.batch_size)
-                by_task[spec.name] = {
-                    "concepts": spec.concepts,
-                    "k": spec.k,
-                    "accuracy": {str(n): acc.accuracy[n] for n in acc.n_values},
-                    "se": {str(n): acc.se[n] for n in acc.n_values},
-                    "bayes_accuracy": {str(n): bayes[n][0] for n in acc.n_values},
-                    "bayes_accuracy_se": {str(n): bayes[n][1] for n in acc.n_values},
-                    "pretrained_bayes_accuracy": {str(n): pretrained[n][0] for n in acc.n_values},
-                    "pretrained_bayes_accuracy_se": {
-                        str(n): pretrained[n][1] for n in acc.n_values
-                    },
-                }
-                if len(acc.n_values) > 1:
-                    by_task[spec.name]["gain"] = icl_gain(acc.accuracy, acc.se).to_dict()
-            first = by_task[self._sets[0][0].name]
-            row.update(
-                {
-                    "icl_task": self._sets[0][0].name,
-                    "icl_accuracy": first["accuracy"],
-                    "icl_accuracy_se": first["se"],
-                    "bayes_accuracy": first["bayes_accuracy"],
-                    "bayes_accuracy_se": first["bayes_accuracy_se"],
-                    "pretrained_bayes_accuracy": first["pretrained_bayes_accuracy"],
-                    "pretrained_bayes_accuracy_se": first["pretrained_bayes_accuracy_se"],
-                    "icl_accuracy_by_task": by_task,
-                }
-            )
-            if "gain" in first:
-                g = first["gain"]
-                row.update({"icl_gain": g["gain"], "icl_gain_se": g["gain_se"],
-                            "icl_gain_ci95_low": g["gain_ci95_low"],
-                            "icl_gain_ci95_high": g["gain_ci95_high"],
-                            "icl_gain_n": [g["n_from"], g["n_to"]],
-                            "icl_emerged": g["icl_emerged"]})
+            row.update(self._icl_fields(model))
         if "icl_score" in self.names:
-            sc = icl_score(model, self._score_tokens,
-                           batch_size=self._auto or max(1, st.batch_size // 2))
-            row.update(
-                {
-                    "icl_score": sc.score,
-                    "icl_score_se": sc.se,
-                    "icl_score_positions": {"early": sc.early, "late": sc.late, "n_ctx": sc.n_ctx},
-                    "icl_score_loss": {"early": sc.loss_early, "late": sc.loss_late},
-                }
-            )
+            row.update(self._score_fields(model))
         if "induction" in self.names:
-            ind = induction_scores(
-                model, seq_len=st.induction_seq_len, n_seqs=st.induction_seqs, seed=st.seed,
-                **({"batch_size": self._auto} if self._auto else {}),
-            )
-            top = ind.top("prefix_matching", st.top_heads)
-            for head in top:
-                head["copying"] = float(ind.copying[head["layer"], head["head"]])
-                head["copying_top1"] = float(ind.copying_top1[head["layer"], head["head"]])
-            row.update(
-                {
-                    "induction_prefix_max": top[0]["score"],
-                    "induction_copying_max": float(ind.copying.max()),
-                    "induction_top_prefix": top,
-                    "induction_top_copying": ind.top("copying", st.top_heads),
-                    "induction_seq_len": ind.seq_len,
-                    "induction_table": {
-                        "prefix_matching": ind.prefix_matching.tolist(),
-                        "copying": ind.copying.tolist(),
-                        "copying_top1": ind.copying_top1.tolist(),
-                    },
-                }
-            )
+            row.update(self._induction_fields(model))
         return row
+
+    def _icl_fields(self, model: Any) -> dict[str, Any]:
+        """Accuracy, Bayes references and gain of every prompt set; the first set's at the top."""
+        by_task = {}
+        for spec, prompts, bayes, pretrained in self._sets:
+            acc = icl_accuracy(model, prompts, batch_size=self._auto or self.settings.batch_size)
+            by_task[spec.name] = {
+                "concepts": spec.concepts,
+                "k": spec.k,
+                "accuracy": {str(n): acc.accuracy[n] for n in acc.n_values},
+                "se": {str(n): acc.se[n] for n in acc.n_values},
+                "bayes_accuracy": {str(n): bayes[n][0] for n in acc.n_values},
+                "bayes_accuracy_se": {str(n): bayes[n][1] for n in acc.n_values},
+                "pretrained_bayes_accuracy": {str(n): pretrained[n][0] for n in acc.n_values},
+                "pretrained_bayes_accuracy_se": {
+                    str(n): pretrained[n][1] for n in acc.n_values
+                },
+            }
+            if len(acc.n_values) > 1:
+                by_task[spec.name]["gain"] = icl_gain(acc.accuracy, acc.se).to_dict()
+        first = by_task[self._sets[0][0].name]
+        row = {
+            "icl_task": self._sets[0][0].name,
+            "icl_accuracy": first["accuracy"],
+            "icl_accuracy_se": first["se"],
+            "bayes_accuracy": first["bayes_accuracy"],
+            "bayes_accuracy_se": first["bayes_accuracy_se"],
+            "pretrained_bayes_accuracy": first["pretrained_bayes_accuracy"],
+            "pretrained_bayes_accuracy_se": first["pretrained_bayes_accuracy_se"],
+            "icl_accuracy_by_task": by_task,
+        }
+        if "gain" in first:
+            g = first["gain"]
+            row.update({"icl_gain": g["gain"], "icl_gain_se": g["gain_se"],
+                        "icl_gain_ci95_low": g["gain_ci95_low"],
+                        "icl_gain_ci95_high": g["gain_ci95_high"],
+                        "icl_gain_n": [g["n_from"], g["n_to"]],
+                        "icl_emerged": g["icl_emerged"]})
+        return row
+
+    def _score_fields(self, model: Any) -> dict[str, Any]:
+        """Olsson et al. 2022's ICL score: late-minus-early loss on the score sequences."""
+        sc = icl_score(model, self._score_tokens,
+                       batch_size=self._auto or max(1, self.settings.batch_size // 2))
+        return {
+            "icl_score": sc.score,
+            "icl_score_se": sc.se,
+            "icl_score_positions": {"early": sc.early, "late": sc.late, "n_ctx": sc.n_ctx},
+            "icl_score_loss": {"early": sc.loss_early, "late": sc.loss_late},
+        }
+
+    def _induction_fields(self, model: Any) -> dict[str, Any]:
+        """The best induction heads by prefix matching (with their copying) and by copying, and
+        the full per-head tables (Olsson et al. 2022)."""
+        st = self.settings
+        ind = induction_scores(
+            model, seq_len=st.induction_seq_len, n_seqs=st.induction_seqs, seed=st.seed,
+            **({"batch_size": self._auto} if self._auto else {}),
+        )
+        top = ind.top("prefix_matching", st.top_heads)
+        for head in top:
+            head["copying"] = float(ind.copying[head["layer"], head["head"]])
+            head["copying_top1"] = float(ind.copying_top1[head["layer"], head["head"]])
+        return {
+            "induction_prefix_max": top[0]["score"],
+            "induction_copying_max": float(ind.copying.max()),
+            "induction_top_prefix": top,
+            "induction_top_copying": ind.top("copying", st.top_heads),
+            "induction_seq_len": ind.seq_len,
+            "induction_table": {
+                "prefix_matching": ind.prefix_matching.tolist(),
+                "copying": ind.copying.tolist(),
+                "copying_top1": ind.copying_top1.tolist(),
+            },
+        }

@@ -19,11 +19,14 @@ same work done by plain PyTorch / Hugging Face calls), measured side by side in 
   finetuning steps, and its peak resident memory (full run only; needs the converted model).
 
 `tiny=True` shrinks every model and size (for tests: the rows, not the numbers, are checked).
+`run_command` (an in-process `iclgd` command runner, `iclgd.commands.main`, which `iclgd bench`
+passes) is what the `compare` benchmark runs `iclgd compare` with.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -63,7 +66,8 @@ class Row:
 
 
 def run_benchmarks(names: tuple[str, ...] = BENCHMARKS, *, quick: bool = False,
-                   device: str = "cpu", tiny: bool = False, log: Any = None) -> list[Row]:
+                   device: str = "cpu", tiny: bool = False, log: Any = None,
+                   run_command: Callable[[Sequence[str]], int] | None = None) -> list[Row]:
     """Run the named benchmarks in order; every row they return."""
     import importlib
 
@@ -72,5 +76,6 @@ def run_benchmarks(names: tuple[str, ...] = BENCHMARKS, *, quick: bool = False,
         if log is not None:
             log(f"bench {name} ...")
         module = importlib.import_module(f"iclgd.bench.{name}_bench")
-        rows.extend(module.run(quick=quick, device=device, tiny=tiny))
+        extra = {"run_command": run_command} if name == "compare" else {}
+        rows.extend(module.run(quick=quick, device=device, tiny=tiny, **extra))
     return rows

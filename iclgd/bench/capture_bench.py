@@ -23,13 +23,13 @@ def variants(kind: str, batch: int, pos: int, tiny: bool, device: str) -> dict[s
     import torch
 
     from iclgd.bench.models import hf_model
-    from iclgd.hooks import capture, hf_module, load_model
+    from iclgd.hooks import act_name, capture, hf_module, load_model
 
     bridge = load_model(hf_model(kind, tiny), device=device)
     hf = hf_module(bridge)
     n_layers = int(bridge.cfg.n_layers)
-    names = [f"blocks.{layer}.{hook}" for layer in range(n_layers)
-             for hook in ("hook_attn_out", "attn.hook_attn_scores")]
+    names = [act_name(hook, layer) for layer in range(n_layers)
+             for hook in ("attn_out", "attn_scores")]
     tokens = torch.randint(0, int(hf.config.vocab_size), (batch, pos),
                            generator=torch.Generator().manual_seed(1)).to(device)
 

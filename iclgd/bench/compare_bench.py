@@ -1,7 +1,8 @@
 """`iclgd compare` on SmolLM2-135M vs the bare work it must do, and its peak resident memory.
 
-The command runs in a fresh process exactly as a user runs it (`iclgd.cli.main`, so
-`keep_freed_memory()` applies), with every forward call of the model recorded
+The command runs in a fresh process exactly as a user runs it (through `run_command`, the
+in-process command runner `iclgd bench` passes: `iclgd.commands.main`, so `keep_freed_memory()`
+applies), with every forward call of the model recorded
 (`iclgd.bench.measure.record_lm_calls`: token shapes, grad mode, vmapped task count) and every
 finetuning update (`record_updates`: optimizer, rate, trained tensors). That process reports
 its CPU time (user + system of the whole process, from interpreter start: imports, loading,
@@ -18,7 +19,8 @@ Settings (`COMPARE_ARGS`): the defaults' largest N (8) and their heaviest method
 GD on every weight, Dai's kv) at the default batch size, with untuned rates and 16 queries so
 the run fits the bench; the memory peak is set by exactly these (the largest prompts and the
 Adam state of every weight). Full run only; skipped, with a note, when SmolLM2 is not
-installed or converted (`iclgd.hooks.load_model("smollm2-135m")` converts it).
+installed or converted (`iclgd.hooks.load_model("smollm2-135m")` converts it), or when no
+`run_command` is given.
 """
 
 from __future__ import annotations
@@ -29,10 +31,12 @@ import resource
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from iclgd.bench import Row
+from iclgd.bench.measure import function_name, resolve
 
 TARGET_TIME, BUDGET_GB = "<= 1.3", 4.0
 COMPARE_ARGS = ["--task", "sentiment", "--demos", "1,8", "--methods", "gd,adam,kv",
@@ -45,13 +49,14 @@ def _process_cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def worker(model: str, out: str, extra: list[str]) -> None:
-    """Run `iclgd compare` here; print `{cpu_s, maxrss_bytes, calls, updates}` as the last line."""
+def worker(runner: str, model: str, out: str, extra: list[str]) -> None:
+    """Run `iclgd compare` here through the command runner named `runner` (`"module:function"`);
+    print `{cpu_s, maxrss_bytes, calls, updates}` as the last line."""
     from iclgd.bench.measure import record_lm_calls, record_updates
-    from iclgd.cli import main
 
+    run_command = resolve(runner)
     with record_lm_calls() as calls, record_updates() as updates:
-        rc = main(["compare", "--model", model, "--out", out, "--json", *extra])
+        rc = run_command(["compare", "--model", model, "--out", out, "--json", *extra])
     if rc != 0:
         raise SystemExit(rc)
     print(json.dumps({
@@ -80,20 +85,24 @@ def baseline(folder: str, work: str, device: str) -> None:
     print(json.dumps({"cpu_s": _process_cpu_s()}))
 
 
-def run(quick: bool, device: str, tiny: bool = False) -> list[Row]:
+def run(quick: bool, device: str, tiny: bool = False,
+        run_command: Callable[[Sequence[str]], int] | None = None) -> list[Row]:
+    """The time and memory rows; `run_command` runs an `iclgd` command line in-process."""
     if quick or tiny:
         return []
     from iclgd.errors import IclgdError
     from iclgd.hooks.named_models import converted_folder
 
+    if run_command is None:
+        return [_skipped("no command runner given (iclgd bench passes iclgd.commands.main)")]
     try:
         folder = converted_folder("smollm2-135m")
     except IclgdError as err:
-        return [Row("compare", "compare on SmolLM2-135M", float("nan"), float("nan"),
-                    float("nan"), "s", TARGET_TIME, None, f"skipped: {err}")]
+        return [_skipped(str(err))]
     with tempfile.TemporaryDirectory() as tmp:
         args = [*COMPARE_ARGS, "--device", device]
-        got = _last_json(_fresh(["worker", "smollm2-135m", tmp, json.dumps(args)], "iclgd compare"))
+        got = _last_json(_fresh(["worker", function_name(run_command), "smollm2-135m", tmp,
+                                 json.dumps(args)], "iclgd compare"))
         work = Path(tmp) / "work.json"
         work.write_text(json.dumps(got), encoding="utf-8")
         base = _last_json(_fresh(["baseline", str(folder), str(work), device], "the baseline"))
@@ -109,6 +118,12 @@ def run(quick: bool, device: str, tiny: bool = False) -> list[Row]:
             gb / BUDGET_GB, "GB (baseline = budget)", "<= 1", None,
             "ru_maxrss of the whole process, keep_freed_memory applied"),
     ]
+
+
+def _skipped(why: str) -> Row:
+    nan = float("nan")
+    return Row("compare", "compare on SmolLM2-135M", nan, nan, nan, "s", TARGET_TIME, None,
+               f"skipped: {why}")
 
 
 def _fresh(args: list[str], what: str) -> str:
@@ -129,6 +144,6 @@ def _last_json(stdout: str) -> dict[str, Any]:
 
 if __name__ == "__main__":
     if sys.argv[1] == "worker":
-        worker(sys.argv[2], sys.argv[3], json.loads(sys.argv[4]))
+        worker(sys.argv[2], sys.argv[3], sys.argv[4], json.loads(sys.argv[5]))
     else:
         baseline(sys.argv[2], sys.argv[3], sys.argv[4])

@@ -120,12 +120,22 @@ def _one_pass(fn: Callable[[], Any], device: str) -> int:
     return peak
 
 
+def function_name(fn: Callable[..., Any]) -> str:
+    """`"module:function"` of a module-level function: how a fresh process finds it."""
+    return f"{fn.__module__}:{fn.__qualname__}"
+
+
+def resolve(name: str) -> Callable[..., Any]:
+    """The function a `"module:function"` name (`function_name`) names."""
+    module, _, func = name.partition(":")
+    return getattr(importlib.import_module(module), func)
+
+
 def measure_in_process(setup: str, kwargs: dict[str, Any], rounds: int, device: str) -> dict[str, list[int]]:
     """Peak bytes of each variant `setup(**kwargs)` returns (`"module:function"` → `{name:
     callable}`), one warm-up pass each, then `rounds` interleaved passes. Runs where called:
     `peak_memory` calls it in a fresh process."""
-    module, _, func = setup.partition(":")
-    fns = getattr(importlib.import_module(module), func)(**kwargs)
+    fns = resolve(setup)(**kwargs)
     for fn in fns.values():
         _one_pass(fn, device)
     out: dict[str, list[int]] = {k: [] for k in fns}

@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.out:
         check_output_folder(args.out)  # before the heavy imports
-    from iclgd.constructions.audit import audit_construction
+    from iclgd.probes.audit import audit_construction
     from iclgd.results import to_json
 
     construction = build(args)
@@ -81,7 +81,7 @@ def extra_checks(args: argparse.Namespace, construction: Any) -> dict[str, Any]:
     GeLU multiplication scale (Akyürek), and with softmax attention in place of linear (dual
     form)."""
     from iclgd import constructions as C
-    from iclgd.constructions.audit import approximation_sweep
+    from iclgd.probes.audit import approximation_sweep
 
     if args.name == "von-oswald-standard-tokens":
         eta = construction.params["eta"]
@@ -118,7 +118,7 @@ def write_outputs(args: argparse.Namespace, report: dict[str, Any]) -> None:
     """`--out`: audit.json, provenance.json, perturbation.csv and perturbation.png."""
     from pathlib import Path
 
-    from iclgd.constructions.audit_plots import perturbation_figure
+    from iclgd.probes.audit_plots import perturbation_figure
     from iclgd.results import provenance, save_figure, write_csv, write_json
 
     out = Path(args.out)

@@ -54,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
 
     from iclgd.bench import run_benchmarks
     from iclgd.bench.report import machine, table, write_results
+    from iclgd.commands import main
     from iclgd.hooks import resolve_device
     from iclgd.results import to_json
 
@@ -61,7 +62,8 @@ def run(args: argparse.Namespace) -> int:
     device = str(resolve_device(args.device))
     info = machine(device)  # load average before any work
     rows = run_benchmarks(names, quick=args.quick, device=device, tiny=args.tiny,
-                          log=lambda msg: print(msg, file=sys.stderr, flush=True))
+                          log=lambda msg: print(msg, file=sys.stderr, flush=True),
+                          run_command=main)
     command = "iclgd bench" + (" --quick" if args.quick else "") + (
         f" --device {args.device}" if args.device != "cpu" else "") + (
         f" --only {args.only}" if args.only else "") + (" --tiny" if args.tiny else "")

@@ -47,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
         raise IclgdError(f"--jobs must be >= 1, got {args.jobs}")
     from iclgd.analyses.demo_plan import DemoConfig, Scheduler, preload
     from iclgd.analyses.report import build_report
+    from iclgd.commands import main as run_command
     from iclgd.hooks import resolve_device
 
     preload()
@@ -55,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed, lm=None if args.lm.lower() == "none" else args.lm,
         lm_tasks=None if args.lm_tasks is None else tuple(
             t.strip() for t in args.lm_tasks.split(",") if t.strip()),
-        jobs=args.jobs, dtype=args.dtype)
+        jobs=args.jobs, dtype=args.dtype, run_command=run_command)
     cfg.out.mkdir(parents=True, exist_ok=True)
     timing = Scheduler(cfg).run()
     sections = {}

@@ -41,7 +41,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="length of the random half (default min(50, n_ctx/2, d_vocab))")
     p.add_argument("--every", type=int, default=1, help="keep every K-th checkpoint (last always)")
     p.add_argument("--checkpoints", type=_labels, default=None,
-                   help="comma list of checkpoint labels, e.g. step1000,step2000")
+                   help="comma list of checkpoints by label (step1000,step2000) or index "
+                   "(0,-1; local series only)")
     p.add_argument("--text", default=None,
                    help="text file for the ICL score of non-GINC models (tokenised, n_ctx windows)")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda")
@@ -86,6 +87,8 @@ def run(args: argparse.Namespace) -> int:
         raise IclgdError("--n-values must be non-negative integers, e.g. 0,1,2,4")
     if min(args.n_prompts, args.score_seqs, args.induction_seqs) < 1:
         raise IclgdError("--n-prompts, --score-seqs and --induction-seqs must be >= 1")
+    if args.every < 1:
+        raise IclgdError(f"--every must be >= 1, got {args.every}")
     from iclgd.hooks.batching import parse_batch_size
     from iclgd.hooks.loading import resolve_dtype
 

@@ -1,8 +1,9 @@
 """Hand-built weights from the ICL-as-GD papers and the algorithms they claim (von Oswald et al.
 2023; Akyürek et al. 2023; Ahn et al. 2023; Dai et al. 2023).
 
-Each builder returns a `Construction` (model, `predict`, `reference`, `weights`); `audit` measures
-error, loss, density and robustness of any construction or user-supplied weights.
+Each builder returns a `Construction` (model, `predict`, `reference`, `weights`);
+`iclgd.probes.audit` measures error, loss, density and robustness of any construction or
+user-supplied weights.
 """
 
 from iclgd.constructions.ahn import ahn_preconditioned_gd

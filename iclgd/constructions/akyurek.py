@@ -160,6 +160,31 @@ def _readout_mlp(lay: _Layout, hidden: int, scale: float) -> _MLPBuilder:
     return mlp
 
 
+def _sgd_model(lay: _Layout, steps: int, alpha: float, mul_scale: float,
+               dtype: torch.dtype) -> tuple[LinearAttentionTransformer, dict[str, Tensor]]:
+    """The `2 * steps + 1` blocks and their named matrices: per SGD step k, block 2k (mov
+    attention and the residual MLP) and block 2k + 1 (the update MLP); then the readout MLP."""
+    d_head = max(lay.T, lay.d + 1)
+    cfg = LinearAttentionConfig(d_model=lay.D, n_layers=2 * steps + 1, d_head=d_head, mlp=True,
+                                d_mlp=6 * lay.d + 4, dtype=dtype)
+    model = LinearAttentionTransformer(cfg)
+    model.zero_weights()
+    named: dict[str, Tensor] = {}
+    for k in range(steps):
+        mov = _mov_matrices(lay, k, d_head)
+        model.set_layer_weights(2 * k, **mov)
+        residual = _residual_mlp(lay, cfg.mlp_dim, mul_scale)
+        model.set_mlp_weights(2 * k, W_in=residual.W_in, W_out=residual.W_out)
+        update = _update_mlp(lay, cfg.mlp_dim, mul_scale, alpha)
+        model.set_mlp_weights(2 * k + 1, W_in=update.W_in, W_out=update.W_out)
+        named.update({f"{name}.{2 * k}": m for name, m in mov.items()})
+        named.update(residual.named(2 * k) | update.named(2 * k + 1))
+    readout = _readout_mlp(lay, cfg.mlp_dim, mul_scale)
+    model.set_mlp_weights(2 * steps, W_in=readout.W_in, W_out=readout.W_out)
+    named.update(readout.named(2 * steps))
+    return model, named
+
+
 def akyurek_sgd_step(
     d: int,
     *,
@@ -185,24 +210,7 @@ def akyurek_sgd_step(
     """
     alpha, mul_scale, w0 = _check_args(d, n, alpha, steps, w0, mul_scale)
     lay = _Layout(d, n)
-    d_head = max(lay.T, d + 1)
-    cfg = LinearAttentionConfig(d_model=lay.D, n_layers=2 * steps + 1, d_head=d_head, mlp=True,
-                                d_mlp=6 * d + 4, dtype=dtype)
-    model = LinearAttentionTransformer(cfg)
-    model.zero_weights()
-    named: dict[str, Tensor] = {}
-    for k in range(steps):  # SGD step k: blocks 2k and 2k + 1
-        mov = _mov_matrices(lay, k, d_head)
-        model.set_layer_weights(2 * k, **mov)
-        residual = _residual_mlp(lay, cfg.mlp_dim, mul_scale)
-        model.set_mlp_weights(2 * k, W_in=residual.W_in, W_out=residual.W_out)
-        update = _update_mlp(lay, cfg.mlp_dim, mul_scale, alpha)
-        model.set_mlp_weights(2 * k + 1, W_in=update.W_in, W_out=update.W_out)
-        named.update({f"{name}.{2 * k}": m for name, m in mov.items()})
-        named.update(residual.named(2 * k) | update.named(2 * k + 1))
-    readout = _readout_mlp(lay, cfg.mlp_dim, mul_scale)
-    model.set_mlp_weights(2 * steps, W_in=readout.W_in, W_out=readout.W_out)
-    named.update(readout.named(2 * steps))
+    model, named = _sgd_model(lay, steps, alpha, mul_scale, dtype)
 
     def reference(X: Tensor, Y: Tensor, xq: Tensor) -> Tensor:
         W = online_sgd(X, Y, lr=2 * alpha, w0=w0.reshape(1, d), steps=steps)

@@ -21,7 +21,12 @@ import math
 
 import torch
 
+from iclgd.constructions.ahn import ahn_preconditioned_gd
+from iclgd.constructions.akyurek import akyurek_sgd_step
 from iclgd.constructions.base import Construction
+from iclgd.constructions.dual_form import dual_form_layer
+from iclgd.constructions.standard_tokens import von_oswald_standard_tokens
+from iclgd.constructions.von_oswald import von_oswald_gd, von_oswald_gdpp
 from iclgd.errors import IclgdError
 
 NAMES = (
@@ -57,32 +62,30 @@ def build_construction(
 ) -> Construction:
     """The `Construction` called `name` (see the module docstring); arguments are validated by
     the builders, bad ones raise `IclgdError`."""
-    from iclgd import constructions as C
-
     if name not in NAMES:
         raise IclgdError(f"unknown construction {name!r}: use one of {', '.join(NAMES)}")
     eta = default_eta(d) if eta is None else eta
     if not math.isfinite(eta):
         raise IclgdError(f"eta must be finite, got {eta}")
     if name == "von-oswald-gd":
-        return C.von_oswald_gd(d, n=n, eta=eta, d_out=d_out, steps=steps, dtype=dtype)
+        return von_oswald_gd(d, n=n, eta=eta, d_out=d_out, steps=steps, dtype=dtype)
     if name == "von-oswald-gdpp":
-        return C.von_oswald_gdpp(d, n=n, eta=eta, gamma=gamma, layers=layers, d_out=d_out,
-                                 dtype=dtype)
+        return von_oswald_gdpp(d, n=n, eta=eta, gamma=gamma, layers=layers, d_out=d_out,
+                               dtype=dtype)
     if name == "von-oswald-standard-tokens":
-        return C.von_oswald_standard_tokens(d, n=n, eta=eta, d_out=d_out,
-                                            temperature=temperature, dtype=dtype)
+        return von_oswald_standard_tokens(d, n=n, eta=eta, d_out=d_out,
+                                          temperature=temperature, dtype=dtype)
     if name == "akyurek-sgd":
         if d_out != 1:
             raise IclgdError("akyurek-sgd is built for d_out = 1")
-        return C.akyurek_sgd_step(d, n=n, alpha=eta / 2 / d, steps=steps, mul_scale=mul_scale,
-                                  dtype=dtype)
+        return akyurek_sgd_step(d, n=n, alpha=eta / 2 / d, steps=steps, mul_scale=mul_scale,
+                                dtype=dtype)
     if name == "ahn-pgd":
         if d < 1:
             raise IclgdError(f"d must be >= 1, got {d}")
         if d_out != 1:
             raise IclgdError("ahn-pgd is built for d_out = 1")
         Q = -eta * torch.eye(d, dtype=torch.float64)
-        return C.ahn_preconditioned_gd(torch.zeros(d, d, dtype=torch.float64), Q, layers=layers,
-                                       n=n, dtype=dtype)
-    return C.dual_form_layer(d, n=n, d_out=d_out, seed=seed, dtype=dtype)
+        return ahn_preconditioned_gd(torch.zeros(d, d, dtype=torch.float64), Q, layers=layers,
+                                     n=n, dtype=dtype)
+    return dual_form_layer(d, n=n, d_out=d_out, seed=seed, dtype=dtype)

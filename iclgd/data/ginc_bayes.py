@@ -41,14 +41,17 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from jaxtyping import Float, Int
 
 from iclgd.data.ginc_hmm import GincWorld
-from iclgd.data.ginc_prompts import GincPrompts
 from iclgd.errors import IclgdError
+
+if TYPE_CHECKING:  # annotations only: ginc_prompts labels its prompts with this module
+    from iclgd.data.ginc_prompts import GincPrompts
 
 _CHUNK_ELEMENTS = 4_000_000
 

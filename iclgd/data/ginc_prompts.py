@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 from jaxtyping import Int
 
+from iclgd.data.ginc_bayes import true_concept_next_token_probs
 from iclgd.data.ginc_hmm import DELIMITER_ID, GincWorld, _sample_rows
 from iclgd.errors import IclgdError
 
@@ -99,8 +100,6 @@ def sample_prompts(
     Deterministic in (world config, n_examples, k, n_prompts, concepts, seed). Labels come from
     `ginc_bayes.true_concept_next_token_probs` (forward algorithm, float64).
     """
-    from iclgd.data.ginc_bayes import true_concept_next_token_probs
-
     if n_examples < 0 or k < 2 or n_prompts < 1:
         raise IclgdError(
             f"need n_examples >= 0, k >= 2, n_prompts >= 1; got {n_examples}, {k}, {n_prompts}"

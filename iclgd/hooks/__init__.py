@@ -29,8 +29,6 @@ if TYPE_CHECKING:
     from iclgd.hooks.linear_attention import LinearAttentionConfig, LinearAttentionTransformer
 
 # Lower-level helpers that iclgd's analyses import from here; not part of the public API.
-from iclgd.hooks.checkpoints import arch_signature as arch_signature  # noqa: E402
-from iclgd.hooks.checkpoints import load_weights_into as load_weights_into  # noqa: E402
 from iclgd.hooks.checkpoints import read_hf_weights as read_hf_weights  # noqa: E402
 from iclgd.hooks.loading import resolve_device as resolve_device  # noqa: E402
 

@@ -1,13 +1,14 @@
 """Checkpoint series: a folder whose subfolders (`step0/`, `step10/`, ...) are HF checkpoints.
 
 `iclgd.specs.list_checkpoints` sorts them by step number (numeric, not lexical);
-`iter_checkpoints` builds the TransformerBridge skeleton once and loads each checkpoint's weights
-into it in place.
+`iter_checkpoints` (through `SeriesLoader`) builds the TransformerBridge skeleton once and loads
+each checkpoint's weights into it in place, refusing a checkpoint of another architecture
+(`arch_difference`); `check_one_architecture` checks a whole series before a long run.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -52,6 +53,33 @@ def read_hf_weights(folder: str | Path) -> dict[str, torch.Tensor]:
     return dict(hf.state_dict())
 
 
+def arch_difference(reference: Mapping[str, Any], other: Mapping[str, Any]) -> str | None:
+    """The config keys in which signature `other` describes a different architecture from
+    `reference` (`arch_signature`s; the first five, sorted, comma-separated), or None when they
+    describe the same one."""
+    keys = sorted(k for k in set(reference) | set(other) if reference.get(k) != other.get(k))
+    return ", ".join(keys[:5]) if keys else None
+
+
+def check_one_architecture(checkpoints: Iterable[tuple[str, Path]]) -> None:
+    """Raise `IclgdError` unless the config.json of every `(label, folder)` describes the first
+    one's architecture: before a long run, not at the checkpoint that differs. Unreadable
+    configs are skipped (loading that checkpoint reports them)."""
+    first: tuple[str, dict[str, Any]] | None = None
+    for label, folder in checkpoints:
+        try:
+            sig = arch_signature(folder)
+        except (OSError, ValueError):
+            continue
+        if first is None:
+            first = (label, sig)
+        elif (diff := arch_difference(first[1], sig)) is not None:
+            raise IclgdError(
+                f"incompatible architectures: {label} differs from {first[0]} in {diff}; one "
+                "series must share one architecture"
+            )
+
+
 def load_weights_into(
     model: TransformerBridge, folder: Path, reference: dict[str, Any] | None = None
 ) -> None:
@@ -61,15 +89,11 @@ def load_weights_into(
     weight is finite; re-splits fused QKV projections the bridge keeps as separate copies.
     """
     folder = Path(folder)
-    if reference is not None:
-        mine = arch_signature(folder)
-        if mine != reference:
-            diff = sorted(k for k in set(reference) | set(mine) if reference.get(k) != mine.get(k))
-            raise IclgdError(
-                f"checkpoint {folder.name} has a different architecture from the first "
-                f"checkpoint (config differs in {', '.join(diff[:5])}): one series must share "
-                "one architecture"
-            )
+    if reference is not None and (diff := arch_difference(reference, arch_signature(folder))):
+        raise IclgdError(
+            f"checkpoint {folder.name} has a different architecture from the first checkpoint "
+            f"(config differs in {diff}): one series must share one architecture"
+        )
     state = read_hf_weights(folder)
     param = next(model.original_model.parameters())
     state = {k: v.to(device=param.device, dtype=param.dtype) for k, v in state.items()}
@@ -79,6 +103,29 @@ def load_weights_into(
                          f"{', '.join(result.unexpected_keys[:3])}")
     refresh_split_weights(model)
     check_finite(model, f"checkpoint {folder.name}")
+
+
+class SeriesLoader:
+    """One bridge for the checkpoints of a series: the first checkpoint loaded builds it
+    (`load_model`), each later one loads its weights into it in place (`load_weights_into`,
+    checked against the first one's `arch_signature`)."""
+
+    def __init__(self, device: str | torch.device | None = "auto",
+                 dtype: str | torch.dtype | None = None) -> None:
+        self.device, self.dtype = device, dtype
+        self.model: TransformerBridge | None = None
+        self.reference: dict[str, Any] | None = None
+
+    def load(self, label: str, folder: Path) -> TransformerBridge:
+        """The bridge holding checkpoint `folder` (the same object every time once built),
+        its `cfg.iclgd_checkpoint` set to `label`."""
+        if self.model is None or self.reference is None:
+            self.model = load_model(folder, device=self.device, dtype=self.dtype)
+            self.reference = arch_signature(folder)
+        else:
+            load_weights_into(self.model, folder, self.reference)
+        self.model.cfg.iclgd_checkpoint = label
+        return self.model
 
 
 def iter_checkpoints(
@@ -106,17 +153,10 @@ def iter_checkpoints(
         >>> [(label, step, m.cfg.n_layers) for label, step, m in iter_checkpoints(root, device="cpu")]
         [('step0', 0, 1), ('step5', 5, 1)]
     """
-    ckpts = every_kth(list_checkpoints(folder), every)
-    model = None
-    reference = None
-    for label, step, path in ckpts:
+    loader = SeriesLoader(device, dtype)
+    for label, step, path in every_kth(list_checkpoints(folder), every):
         try:
-            if model is None:
-                model = load_model(path, device=device, dtype=dtype)
-                reference = arch_signature(path)
-            else:
-                load_weights_into(model, path, reference)
-            model.cfg.iclgd_checkpoint = label
+            model = loader.load(label, path)
         except Exception as err:  # noqa: BLE001 - reported per checkpoint, never silently
             if on_error is None:
                 raise IclgdError(f"checkpoint {label} failed to load: {err}") from err

@@ -249,127 +249,215 @@ def train_ginc(out: str | Path, cfg: GincTrainConfig | None = None, *, progress:
 
 def _train(out: Path, cfg: GincTrainConfig, progress: bool,
            stop_after_steps: int | None) -> dict[str, Any]:
-    import torch
-    import torch.nn.functional as F
-
     out.mkdir(parents=True, exist_ok=True)
     ckpt.remove_stale_temporaries(out)
     device = resolve_device(cfg.device)
+    corpus = _Corpus.build(cfg, device)
+    run = _Run.start(out, cfg, device)
+    outcome = _loop(run, _Schedule.of(cfg), corpus, progress, stop_after_steps)
+    if outcome is None:
+        return {"steps": run.step, "stopped_early": True, "train_seconds": run.train_seconds}
+    last_loss, cpu_seconds, last = outcome
+    return {"steps": run.step, "train_seconds": round(run.train_seconds, 2),
+            "train_cpu_seconds": round(cpu_seconds, 2), "data_seconds": round(corpus.seconds, 2),
+            "final_loss": last_loss, "last_checkpoint": str(last), "stopped_early": False}
 
-    t_data = time.perf_counter()
-    world = build_world(cfg.ginc)
-    stream = torch.from_numpy(
-        pretraining_stream(world, cfg.corpus_docs, cfg.doc_length, seed=cfg.seed)
-    ).to(device)
-    data_seconds = time.perf_counter() - t_data
-    if stream.numel() <= cfg.window + 1:
-        raise IclgdError(f"corpus of {stream.numel()} tokens is shorter than window {cfg.window}")
 
-    resumed = ckpt.latest_checkpoint(out)
-    state: dict[str, Any] | None = None
-    if resumed is None:
-        model = build_model(cfg)
-    else:
-        from transformers import AutoModelForCausalLM
-
-        state = ckpt.load_trainer_state(resumed[1])
-        saved = GincTrainConfig.from_dict(state["config"])
-        if replace(saved, device=cfg.device, threads=cfg.threads) != cfg:
-            raise IclgdError(f"{out} holds a run with a different configuration; use a new --out")
-        model = AutoModelForCausalLM.from_pretrained(
-            str(resumed[1]), attn_implementation="eager", dtype=torch.float32)
-    model = model.to(device)
-    tokenizer = build_ginc_tokenizer(cfg.ginc.vocab_size)
-    opt = build_optimizer(model, cfg)
-    data_rng = np.random.default_rng([cfg.seed, 3])
-    step, train_seconds, log_rows = 0, 0.0, []
-    if resumed is not None and state is not None:
-        step = resumed[0]
-        opt.load_state_dict(state["optimizer"])
-        data_rng.bit_generator.state = state["data_rng"]
-        torch.set_rng_state(state["torch_rng"])
-        train_seconds = float(state["train_seconds"])
-        log_rows = ckpt.read_train_log(out, up_to_step=step)
-    model.train()
-    if cfg.train_attention not in ("eager", "sdpa"):
-        raise IclgdError(f"train_attention must be 'eager' or 'sdpa', got {cfg.train_attention!r}")
-    model.config._attn_implementation = cfg.train_attention
-
-    def trainer_state() -> dict[str, Any]:
-        return {"config": cfg.to_dict(), "optimizer": opt.state_dict(), "step": step,
-                "data_rng": data_rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
-                "train_seconds": train_seconds}
-
-    def save(at_step: int) -> Path:
-        model.config._attn_implementation = "eager"  # analyses read attention patterns
-        path = ckpt.save_checkpoint(out, at_step, model, tokenizer=tokenizer,
-                                    json_files=_json_files(cfg, at_step), trainer_state=trainer_state())
-        ckpt.write_train_log(out, log_rows)
-        model.config._attn_implementation = cfg.train_attention
-        return path
-
-    if cfg.steps is not None:
-        marks = [float(s) for s in ckpt.checkpoint_steps(cfg.steps, cfg.checkpoints)]
-    else:
-        marks = ckpt.checkpoint_fractions(cfg.checkpoints)
-
-    def progress_of(at_step: int, seconds: float) -> float:
-        return at_step / cfg.steps if cfg.steps is not None else seconds / cfg.time_budget
-
-    def done_marks(p: float) -> int:
-        scale = cfg.steps if cfg.steps is not None else 1.0
-        return sum(1 for m in marks if m / scale <= p + 1e-12)
-
-    if resumed is None:
-        save(0)
-    passed = done_marks(progress_of(step, train_seconds))
-    offsets_span = stream.numel() - cfg.window - 1
-    arange = torch.arange(cfg.window + 1, device=device)
-    new_steps, last_loss, last = 0, float("nan"), ckpt.latest_checkpoint(out)
+def _loop(run: _Run, schedule: _Schedule, corpus: _Corpus, progress: bool,
+          stop_after_steps: int | None) -> tuple[float, float, Path] | None:
+    """Train until the schedule ends, saving at its marks: `(last logged loss, CPU seconds,
+    last checkpoint)`, or None when stopped after `stop_after_steps` new steps."""
+    cfg = run.cfg
+    passed = schedule.marks_passed(run.step, run.train_seconds)
+    new_steps, last_loss, last = 0, float("nan"), ckpt.latest_checkpoint(run.out)
     bar = _progress_bar(progress, cfg)
-    t0 = time.perf_counter() - train_seconds
+    t0 = time.perf_counter() - run.train_seconds
     cpu0 = time.process_time()
-    while progress_of(step, train_seconds) < 1.0:
-        lr = _lr_at(cfg, progress_of(step, train_seconds))
-        for group in opt.param_groups:
-            group["lr"] = lr * group["lr_scale"]
-        starts = torch.from_numpy(data_rng.integers(0, offsets_span, size=cfg.batch)).to(device)
-        batch = stream[starts[:, None] + arange]
-        logits = model(input_ids=batch[:, :-1]).logits
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        step += 1
+    while schedule.progress(run.step, run.train_seconds) < 1.0:
+        lr = _lr_at(cfg, schedule.progress(run.step, run.train_seconds))
+        loss = run.train_step(corpus.windows(run.data_rng, cfg.batch), lr)
         new_steps += 1
-        train_seconds = time.perf_counter() - t0
-        if step % cfg.log_every == 0 or progress_of(step, train_seconds) >= 1.0:
-            last_loss = float(loss.detach())
-            log_rows.append({"step": step, "tokens": step * cfg.batch * cfg.window,
-                             "loss": round(last_loss, 5), "lr": lr,
-                             "train_seconds": round(train_seconds, 2)})
-            bar.update(step, last_loss, train_seconds)
+        run.train_seconds = time.perf_counter() - t0
+        if run.step % cfg.log_every == 0 or schedule.progress(run.step, run.train_seconds) >= 1.0:
+            last_loss = run.log(loss, lr)
+            bar.update(run.step, last_loss, run.train_seconds)
         if stop_after_steps is not None and new_steps >= stop_after_steps:
             bar.close()
-            return {"steps": step, "stopped_early": True, "train_seconds": train_seconds}
-        now = done_marks(progress_of(step, train_seconds))
+            return None
+        now = schedule.marks_passed(run.step, run.train_seconds)
         if now > passed:
             passed = now
-            if not log_rows or log_rows[-1]["step"] != step:
-                last_loss = float(loss.detach())
-                log_rows.append({"step": step, "tokens": step * cfg.batch * cfg.window,
-                                 "loss": round(last_loss, 5), "lr": lr,
-                                 "train_seconds": round(train_seconds, 2)})
-            last = (step, save(step))
+            if not run.log_rows or run.log_rows[-1]["step"] != run.step:
+                last_loss = run.log(loss, lr)
+            last = (run.step, run.save())
     bar.close()
-    if last is None or last[0] != step:
-        last = (step, save(step))
-    return {"steps": step, "train_seconds": round(train_seconds, 2),
-            "train_cpu_seconds": round(time.process_time() - cpu0, 2), "data_seconds":
-            round(data_seconds, 2), "final_loss": last_loss, "last_checkpoint": str(last[1]),
-            "stopped_early": False}
+    if last is None or last[0] != run.step:
+        last = (run.step, run.save())
+    return last_loss, time.process_time() - cpu0, last[1]
+
+
+@dataclass(frozen=True)
+class _Corpus:
+    """The pretraining token stream on the training device, and random windows of it."""
+
+    stream: Any
+    window: int
+    seconds: float  # to generate it
+
+    @classmethod
+    def build(cls, cfg: GincTrainConfig, device: Any) -> _Corpus:
+        import torch
+
+        t0 = time.perf_counter()
+        world = build_world(cfg.ginc)
+        stream = torch.from_numpy(
+            pretraining_stream(world, cfg.corpus_docs, cfg.doc_length, seed=cfg.seed)
+        ).to(device)
+        seconds = time.perf_counter() - t0
+        if stream.numel() <= cfg.window + 1:
+            raise IclgdError(
+                f"corpus of {stream.numel()} tokens is shorter than window {cfg.window}")
+        return cls(stream, cfg.window, seconds)
+
+    def windows(self, rng: np.random.Generator, batch: int) -> Any:
+        """`batch` windows of `window + 1` tokens at uniform random offsets."""
+        import torch
+
+        device = self.stream.device
+        span = self.stream.numel() - self.window - 1
+        starts = torch.from_numpy(rng.integers(0, span, size=batch)).to(device)
+        return self.stream[starts[:, None] + torch.arange(self.window + 1, device=device)]
+
+
+@dataclass(frozen=True)
+class _Schedule:
+    """Where a run stands (progress in [0, 1]: steps done / `steps`, or training seconds /
+    `time_budget`) and its checkpoint marks (log-spaced steps, or fractions of the budget)."""
+
+    cfg: GincTrainConfig
+    marks: list[float]
+
+    @classmethod
+    def of(cls, cfg: GincTrainConfig) -> _Schedule:
+        if cfg.steps is not None:
+            return cls(cfg, [float(s) for s in ckpt.checkpoint_steps(cfg.steps, cfg.checkpoints)])
+        return cls(cfg, ckpt.checkpoint_fractions(cfg.checkpoints))
+
+    def progress(self, step: int, seconds: float) -> float:
+        cfg = self.cfg
+        return step / cfg.steps if cfg.steps is not None else seconds / cfg.time_budget
+
+    def marks_passed(self, step: int, seconds: float) -> int:
+        """How many checkpoint marks the run has reached."""
+        scale = self.cfg.steps if self.cfg.steps is not None else 1.0
+        p = self.progress(step, seconds)
+        return sum(1 for m in self.marks if m / scale <= p + 1e-12)
+
+
+@dataclass
+class _Run:
+    """One training run's state: the model, optimiser, data RNG and counters a checkpoint saves
+    and a resume restores, and the training log."""
+
+    out: Path
+    cfg: GincTrainConfig
+    model: Any
+    opt: Any
+    tokenizer: Any
+    data_rng: np.random.Generator
+    step: int = 0
+    train_seconds: float = 0.0
+    log_rows: list[dict[str, Any]] = field(default_factory=list)
+
+    @classmethod
+    def start(cls, out: Path, cfg: GincTrainConfig, device: Any) -> _Run:
+        """A new run (its step-0 checkpoint saved) or the newest checkpoint's run, resumed."""
+        resumed = ckpt.latest_checkpoint(out)
+        if resumed is None:
+            state, model = None, build_model(cfg)
+        else:
+            state = ckpt.load_trainer_state(resumed[1])
+            model = _resumed_model(out, cfg, state, resumed[1])
+        model = model.to(device)
+        run = cls(out, cfg, model, build_optimizer(model, cfg),
+                  build_ginc_tokenizer(cfg.ginc.vocab_size), np.random.default_rng([cfg.seed, 3]))
+        if resumed is not None and state is not None:
+            run.restore(resumed[0], state)
+        model.train()
+        if cfg.train_attention not in ("eager", "sdpa"):
+            raise IclgdError(
+                f"train_attention must be 'eager' or 'sdpa', got {cfg.train_attention!r}")
+        model.config._attn_implementation = cfg.train_attention
+        if resumed is None:
+            run.save()
+        return run
+
+    def restore(self, step: int, state: dict[str, Any]) -> None:
+        """Continue from the trainer state saved at `step`: optimiser, data and torch RNGs,
+        training seconds and the log up to that step."""
+        import torch
+
+        self.step = step
+        self.opt.load_state_dict(state["optimizer"])
+        self.data_rng.bit_generator.state = state["data_rng"]
+        torch.set_rng_state(state["torch_rng"])
+        self.train_seconds = float(state["train_seconds"])
+        self.log_rows = ckpt.read_train_log(self.out, up_to_step=step)
+
+    def train_step(self, batch: Any, lr: float) -> Any:
+        """One optimiser step at learning rate `lr` on `batch` (next-token cross entropy)."""
+        import torch
+        import torch.nn.functional as F
+
+        for group in self.opt.param_groups:
+            group["lr"] = lr * group["lr_scale"]
+        logits = self.model(input_ids=batch[:, :-1]).logits
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        self.opt.step()
+        self.step += 1
+        return loss
+
+    def log(self, loss: Any, lr: float) -> float:
+        """Append this step's row to the training log; the loss as a float."""
+        value = float(loss.detach())
+        tokens = self.step * self.cfg.batch * self.cfg.window
+        self.log_rows.append({"step": self.step, "tokens": tokens, "loss": round(value, 5),
+                              "lr": lr, "train_seconds": round(self.train_seconds, 2)})
+        return value
+
+    def trainer_state(self) -> dict[str, Any]:
+        import torch
+
+        return {"config": self.cfg.to_dict(), "optimizer": self.opt.state_dict(), "step": self.step,
+                "data_rng": self.data_rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
+                "train_seconds": self.train_seconds}
+
+    def save(self) -> Path:
+        """Checkpoint `out/step{step}/` (eager attention: analyses read attention patterns) and
+        the training log."""
+        self.model.config._attn_implementation = "eager"
+        path = ckpt.save_checkpoint(self.out, self.step, self.model, tokenizer=self.tokenizer,
+                                    json_files=_json_files(self.cfg, self.step),
+                                    trainer_state=self.trainer_state())
+        ckpt.write_train_log(self.out, self.log_rows)
+        self.model.config._attn_implementation = self.cfg.train_attention
+        return path
+
+
+def _resumed_model(out: Path, cfg: GincTrainConfig, state: dict[str, Any], folder: Path) -> Any:
+    """The model of checkpoint `folder`, refused when its run had another configuration."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    saved = GincTrainConfig.from_dict(state["config"])
+    if replace(saved, device=cfg.device, threads=cfg.threads) != cfg:
+        raise IclgdError(f"{out} holds a run with a different configuration; use a new --out")
+    return AutoModelForCausalLM.from_pretrained(str(folder), attn_implementation="eager",
+                                                dtype=torch.float32)
 
 
 class _progress_bar:

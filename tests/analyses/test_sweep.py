@@ -177,10 +177,31 @@ def test_error_paths(tmp_path, series):
         run_sweep(plain, tmp_path / "o", SweepSettings(tasks=("icl",)))
 
 
-def test_cli_one_line_errors(tmp_path, series):
+def test_checkpoints_picked_by_label_or_index_then_thinned(series):
+    from iclgd.analyses.sweep import resolve_source
+
+    def labels(*args):
+        return [(r.label, r.step) for r in resolve_source(series, *args)]
+
+    assert labels() == [("step0", 0), ("step5", 5), ("step50", 50)]
+    assert labels(("-1", "step0", "0")) == [("step0", 0), ("step50", 50)]
+    assert labels(None, 2) == [("step0", 0), ("step50", 50)]
+    assert labels(("step5", "step50"), 5) == [("step5", 5), ("step50", 50)]
+    with pytest.raises(IclgdError, match="every must be >= 1, got 0"):
+        labels(None, 0)
+    with pytest.raises(IclgdError, match="not of the form step"):
+        resolve_source("org/model", ("main",))
+    with pytest.raises(IclgdError, match="unknown source './a/b': no such folder"):
+        resolve_source("./a/b", ("step1",))
+
+
+def test_cli_one_line_errors(tmp_path, series, capsys):
     from iclgd.cli import main
 
     assert main(["sweep", str(tmp_path / "missing" / "x"), "--out", str(tmp_path / "o")]) == 2
+    assert main(["sweep", str(series), "--out", str(tmp_path / "o"), "--every", "0"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "iclgd sweep: error: --every must be >= 1, got 0")
     out = tmp_path / "o2"
     assert main(["sweep", str(series), "--out", str(out), "--checkpoints", "step0,step50",
                  "--tasks", "drift,density", "--json", *FAST_ARGS]) == 0

@@ -62,3 +62,23 @@ def test_incompatible_and_broken_checkpoints(tiny_series, tmp_path):
     labels = [lab for lab, _, _ in iter_checkpoints(
         series, device="cpu", on_error=lambda lab, step, err: failures.append(lab))]
     assert labels == ["step0", "step9"] and failures == ["step5"]
+
+
+def test_one_description_of_an_architecture_difference(tiny_series, tmp_path):
+    from conftest import save_tiny
+
+    from iclgd.hooks.checkpoints import arch_difference, arch_signature, check_one_architecture
+
+    ref = arch_signature(tiny_series / "step0")
+    assert arch_difference(ref, arch_signature(tiny_series / "step100")) is None
+    assert arch_difference({"a": 1, "b": 2, "c": 3}, {"c": 3, "b": 5, "z": 0}) == "a, b, z"
+    assert arch_difference({f"k{i}": i for i in range(7)}, {}) == "k0, k1, k2, k3, k4"
+    save_tiny(tmp_path / "gpt2", "gpt2")
+    (tmp_path / "broken").mkdir()  # no config.json: skipped, left to loading
+    series = [("step0", tiny_series / "step0"), ("step1", tmp_path / "broken"),
+              ("step2", tiny_series / "step2")]
+    check_one_architecture(series)
+    diff = arch_difference(ref, arch_signature(tmp_path / "gpt2"))
+    with pytest.raises(IclgdError) as err:
+        check_one_architecture([*series, ("step9", tmp_path / "gpt2")])
+    assert str(err.value).startswith(f"incompatible architectures: step9 differs from step0 in {diff};")

@@ -1,5 +1,8 @@
 """Audit a construction: agreement with its algorithm, loss, weight density, robustness to noise.
 
+A measurement of a model like the other probes (its density comes from `iclgd.probes.density`),
+of the hand-built models in `iclgd.constructions`.
+
 Conventions (recorded in every report):
 - error: `|y_hat_construction - y_hat_reference|` over tasks and output dims (max and mean);
 - loss: half MSE `0.5 mean ||y_hat - y||^2` (von Oswald) unless the construction says "mse" (Ahn);

@@ -5,9 +5,9 @@ import torch
 
 from iclgd.cli import main
 from iclgd.constructions import von_oswald_gd
-from iclgd.constructions.audit import audit, audit_construction, density_at_width, perturbed_model
 from iclgd.constructions.reference import gd_predict
 from iclgd.hooks.linear_attention import LinearAttentionConfig, LinearAttentionTransformer
+from iclgd.probes.audit import audit, audit_construction, density_at_width, perturbed_model
 
 
 def test_audit_report_gd():
