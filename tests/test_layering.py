@@ -24,7 +24,7 @@ Layers, lowest first (a module may import its own layer and the layers below it)
 - `analyses`: experiments composed of the layers below (sweep, compare, sections, demo);
 - `bench`: benchmarks of the library against plain PyTorch / Hugging Face;
 - `commands`: the subcommands and the in-process command runner (`iclgd.commands.main`);
-- `cli`: the console script.
+- `cli`: the console script (and `iclgd/__main__.py`, `python -m iclgd`).
 """
 
 from __future__ import annotations
@@ -53,6 +53,8 @@ def layer(module: str) -> str:
     top = module.split(".")[1]
     if top in BASE:
         return "base"
+    if top == "__main__":  # `python -m iclgd`: the console script's other entry
+        return "cli"
     if top not in LAYERS:
         raise AssertionError(f"{module} is in no declared layer: add it to LAYERS or BASE")
     return top
