@@ -335,6 +335,7 @@ def compare_model(
                 on_runs(n, method, {"zs": zs, "icl": icl, "icl_reordered": icl_re, "ft": ft})
             if progress is not None:
                 progress(f"{label} N={n} {method}")
+            del deltas, shared, ft  # a full-model ΔW must not stay alive while the next trains
     return rows
 
 
