@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from iclgd.errors import IclgdError
-from iclgd.hooks.precision import is_reduced, widen
+from iclgd.hooks.precision import first_non_finite, is_reduced, widen
 from iclgd.hooks.weights import hf_state_dict
 
 M = TypeVar("M", bound=nn.Module)
@@ -82,16 +82,9 @@ def _add_rounded_once(weight: Tensor, d: Tensor) -> None:
 
 
 def _check_finite_update(tensors: Mapping[str, Tensor]) -> None:
-    """Raise `IclgdError` naming the first tensor holding NaN/inf (one multi-tensor norm pass;
-    a non-finite norm is confirmed entry by entry, as a norm of huge values can overflow)."""
-    names = [n for n, d in tensors.items() if d.is_floating_point()]
-    if not names:
-        return
-    norms = torch.stack([n.float() for n in torch._foreach_norm([tensors[n] for n in names])])
-    for i in (~torch.isfinite(norms)).nonzero().flatten().tolist():
-        if not torch.isfinite(tensors[names[i]]).all():  # not just a norm that overflowed
-            raise IclgdError(f"the finetuning update of {names[i]} is not finite: "
-                             "lower the learning rate")
+    bad = first_non_finite(tensors)
+    if bad is not None:
+        raise IclgdError(f"the finetuning update of {bad} is not finite: lower the learning rate")
 
 
 @contextmanager

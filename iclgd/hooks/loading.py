@@ -26,6 +26,7 @@ from iclgd.hooks.named_models import (
     named_model_provenance,
 )
 from iclgd.hooks.placement import placement_kwargs
+from iclgd.hooks.precision import first_non_finite
 from iclgd.results import read_json
 from iclgd.specs import (
     CHECKPOINT_RE,
@@ -278,11 +279,11 @@ def _finish(bridge: TransformerBridge, source: str, label: str | None) -> Transf
 def check_finite(model: torch.nn.Module, where: str) -> None:
     """Raise `IclgdError` naming the first parameter holding NaN or inf."""
     hf = getattr(model, "original_model", model)
-    for name, p in hf.named_parameters():
-        if not p.is_meta and not torch.isfinite(p).all():  # meta: offloaded to disk
-            clean = name.replace("._original_component", "")
-            raise IclgdError(f"{where} has non-finite weights (NaN/inf) in {clean}: "
-                             "the checkpoint is corrupt or diverged")
+    name = first_non_finite(dict(hf.named_parameters()))  # meta (offloaded) tensors skipped
+    if name is not None:
+        clean = name.replace("._original_component", "")
+        raise IclgdError(f"{where} has non-finite weights (NaN/inf) in {clean}: "
+                         "the checkpoint is corrupt or diverged")
 
 
 def _vocab_size(folder: Path) -> int:
