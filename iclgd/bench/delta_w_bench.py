@@ -55,8 +55,9 @@ def variants(kind: str, tiny: bool) -> dict[str, Any]:
               FactoredDelta(rand(heads, d_head, 2 * n_query), rand(heads, d_head, 2 * n_query), 0))
              for _ in range(queries * layers)]
 
-    def factored() -> Any:
-        return [compare_delta_w(a, b, rank=4) for a, b in pairs]
+    def factored() -> Any:  # fresh objects: FactoredDelta memoises its norms and subspaces
+        return [compare_delta_w(FactoredDelta(a.left, a.right, 0),
+                                FactoredDelta(b.left, b.right, 0), rank=4) for a, b in pairs]
 
     def materialised() -> Any:
         return [dense_compare(a.materialize(), b.materialize(), 4) for a, b in pairs]
