@@ -33,6 +33,30 @@ def test_recorder_sees_vmapped_finetuning_steps() -> None:
     assert [(c.shape, c.grad, c.vmapped) for c in calls] == [((1, 8), True, 3)] * 2
 
 
+def test_updates_recorded_and_replayed_on_the_trained_tensors_only() -> None:
+    import torch
+
+    from iclgd.bench.measure import plain_replay, record_updates
+    from iclgd.bench.models import hf_model
+    from iclgd.data.tasks import demos_from_token_examples
+    from iclgd.hooks import hf_module, load_model
+    from iclgd.probes.finetune import finetune
+
+    model = load_model(hf_model("gpt2-small", tiny=True))
+    demos = demos_from_token_examples(torch.randint(0, 100, (2, 8),
+                                                    generator=torch.Generator().manual_seed(0)))
+    with record_lm_calls() as calls, record_updates() as updates:
+        delta = finetune(model, demos, method="kv", lr=1e-2)
+    assert len(updates) == len(calls) == 2  # kv: batch 1, one update per step
+    assert {u.optimizer for u in updates} == {"sgd"} and updates[0].lr == 1e-2
+    assert set(updates[0].trained) == set(delta.deltas)
+    hf = hf_module(model)
+    before = {n: p.detach().clone() for n, p in hf.named_parameters()}
+    plain_replay(hf, calls, 100, updates=updates)()
+    changed = {n for n, p in hf.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and changed <= set(delta.deltas)
+
+
 def test_row_targets() -> None:
     assert Row("b", "x", 1.0, 1.0, 1.02, "s", "<= 1.03").passed is True
     assert Row("b", "x", 1.0, 1.0, 4.0, "s", ">= 5").passed is False
