@@ -44,7 +44,8 @@ the untrained control (`iclgd.analyses.control`), written with `model = "untrain
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Sequence
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -62,6 +63,9 @@ from iclgd.errors import IclgdError
 from iclgd.hooks.batching import BatchSize
 from iclgd.probes import metrics
 from iclgd.probes.finetune_methods import METHODS as METHOD_SPECS
+
+if TYPE_CHECKING:
+    from iclgd.analyses.compare_dw import DeltaWComparison
 
 DEFAULT_LR = {m: spec.lr for m, spec in METHOD_SPECS.items()}  # untuned, per method
 
@@ -272,24 +276,8 @@ def compare_model(
     for per-query statistics such as standard errors without capturing again."""
     n_layers = int(model.cfg.n_layers)
     wv_layer = n_layers // 2 if wv_layer is None else wv_layer
-    rows: list[dict[str, Any]] = []
-
-    def add(n: int, method: str, metric: str, value: Any, layer: int | None = None) -> None:
-        rows.append(
-            {
-                "model": label,
-                "n_demos": n,
-                "method": method,
-                "metric": metric,
-                "layer": "" if layer is None else layer,
-                "value": float(value),
-            }
-        )
-
-    def add_layers(n: int, method: str, metric: str, values: Tensor) -> None:
-        for layer, v in enumerate(values.tolist()):
-            add(n, method, metric, v, layer)
-
+    cmp = _Comparison(model, label, lr=lr, epochs=epochs, seed=seed, wv_layer=wv_layer,
+                      top_k=top_k, batch_size=batch_size)
     zs = None
     for n, prompts in sorted(prompt_sets.items()):
         wanted = [m for m in ("", *methods) if cells is None or (n, m) in cells]
@@ -298,45 +286,89 @@ def compare_model(
         if zs is None:  # the ZS prompts are the same for every N
             zs = run_zero_shot(model, prompts, token_inputs=delta_w, batch_size=batch_size)
         icl = run_icl(model, prompts, token_inputs=delta_w, batch_size=batch_size)
-        icl_re = None
-        if "" in wanted:
-            gen = cell_generator(seed, n)
-            icl_re = run_icl(model, prompts.reordered(random_order(n, gen)), batch_size=batch_size)
-            for metric, value in setting_metrics(
-                zs, icl, icl_re, top_k=top_k, generator=gen
-            ).items():
-                if isinstance(value, Tensor):
-                    add_layers(n, "", metric, value)
-                else:
-                    add(n, "", metric, value)
+        icl_re = cmp.setting(n, prompts, zs, icl) if "" in wanted else None
         dw = None
         if delta_w and any(wanted):
             from iclgd.analyses.compare_dw import DeltaWComparison
 
             dw = DeltaWComparison(model, prompts, zs=zs, icl=icl)  # once per N, every method
         for method in (m for m in wanted if m):
-            deltas = finetune_prompts(
-                model, prompts, method, lr=lr[method], epochs=epochs, seed=seed, layer=wv_layer
-            )
-            shared = deltas[0] if len(deltas) == 1 and not prompts.per_query_demos else deltas
-            ft = run_finetuned(model, prompts, shared, kendall=True, batch_size=batch_size)
-            check_finite(ft, f"{method} finetuning (lr={lr[method]}, N={n})")
-            for metric, value in output_metrics(zs, icl, ft, top_k=top_k).items():
-                add(n, method, metric, value)
-            for metric, values in layer_metrics(zs, icl, ft).items():
-                add_layers(n, method, metric, values)
-            for metric, value in dai_metrics(zs, icl, ft, prompts,
-                                                   generator=cell_generator(seed, n, method)).items():
-                (add_layers if isinstance(value, Tensor) else add)(n, method, metric, value)
-            if dw is not None:
-                for r in dw.rows(deltas):
-                    add(n, method, r["metric"], r["value"], r["layer"])
-            if on_runs is not None:
-                on_runs(n, method, {"zs": zs, "icl": icl, "icl_reordered": icl_re, "ft": ft})
+            # a full-model ΔW must not stay alive while the next trains: `cmp.method` holds the
+            # ΔW and the FT run only in its own frame, released when it returns
+            cmp.method(n, prompts, method, zs, icl, icl_re, dw, on_runs)
             if progress is not None:
                 progress(f"{label} N={n} {method}")
-            del deltas, shared, ft  # a full-model ΔW must not stay alive while the next trains
-    return rows
+    return cmp.rows
+
+
+@dataclass
+class _Comparison:
+    """`compare_model`'s settings for one model (`label`) and the tidy rows it adds to."""
+
+    model: Any
+    label: str
+    lr: dict[str, float]
+    epochs: int
+    seed: int
+    wv_layer: int
+    top_k: int
+    batch_size: BatchSize
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+    def add(self, n: int, method: str, metric: str, value: Any, layer: int | None = None) -> None:
+        self.rows.append(
+            {
+                "model": self.label,
+                "n_demos": n,
+                "method": method,
+                "metric": metric,
+                "layer": "" if layer is None else layer,
+                "value": float(value),
+            }
+        )
+
+    def add_layers(self, n: int, method: str, metric: str, values: Tensor) -> None:
+        for layer, v in enumerate(values.tolist()):
+            self.add(n, method, metric, v, layer)
+
+    def setting(self, n: int, prompts: PromptSet, zs: RunCapture, icl: RunCapture) -> RunCapture:
+        """The metrics of N without finetuning (method ""); returns the reordered ICL run."""
+        gen = cell_generator(self.seed, n)
+        icl_re = run_icl(self.model, prompts.reordered(random_order(n, gen)),
+                         batch_size=self.batch_size)
+        for metric, value in setting_metrics(
+            zs, icl, icl_re, top_k=self.top_k, generator=gen
+        ).items():
+            if isinstance(value, Tensor):
+                self.add_layers(n, "", metric, value)
+            else:
+                self.add(n, "", metric, value)
+        return icl_re
+
+    def method(
+        self, n: int, prompts: PromptSet, method: str, zs: RunCapture, icl: RunCapture,
+        icl_re: RunCapture | None, dw: DeltaWComparison | None,
+        on_runs: Callable[[int, str, dict[str, RunCapture | None]], None] | None,
+    ) -> None:
+        """Finetune N's prompts with `method`, run FT and add its metrics (and ΔW rows)."""
+        lr = self.lr[method]
+        deltas = finetune_prompts(self.model, prompts, method, lr=lr, epochs=self.epochs,
+                                  seed=self.seed, layer=self.wv_layer)
+        shared = deltas[0] if len(deltas) == 1 and not prompts.per_query_demos else deltas
+        ft = run_finetuned(self.model, prompts, shared, kendall=True, batch_size=self.batch_size)
+        check_finite(ft, f"{method} finetuning (lr={lr}, N={n})")
+        for metric, value in output_metrics(zs, icl, ft, top_k=self.top_k).items():
+            self.add(n, method, metric, value)
+        for metric, values in layer_metrics(zs, icl, ft).items():
+            self.add_layers(n, method, metric, values)
+        for metric, value in dai_metrics(zs, icl, ft, prompts,
+                                         generator=cell_generator(self.seed, n, method)).items():
+            (self.add_layers if isinstance(value, Tensor) else self.add)(n, method, metric, value)
+        if dw is not None:
+            for r in dw.rows(deltas):
+                self.add(n, method, r["metric"], r["value"], r["layer"])
+        if on_runs is not None:
+            on_runs(n, method, {"zs": zs, "icl": icl, "icl_reordered": icl_re, "ft": ft})
 
 
 def summarize(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:

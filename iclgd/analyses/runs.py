@@ -35,12 +35,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any
 
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from iclgd.analyses.runs_batch import BatchContext, capture_batch, capture_names, demo_range
 from iclgd.data.tasks import TokenizedDemos, TokenizedTask
 from iclgd.errors import IclgdError
 from iclgd.hooks.batching import BatchSize, model_device, run_batched
@@ -227,20 +229,6 @@ def reorder_demonstrations(task: TokenizedTask, order: Sequence[int] | Tensor) -
 
 
 # ----------------------------------------------------------------------------- capture
-def _names(n_layers: int, *, pattern: bool, attn_in: bool, queries: bool = False) -> list[str]:
-    hooks = ["attn_out", "scores", *(["pattern"] if pattern else []),
-             *(["ln1"] if attn_in else []), *(["q"] if queries else [])]
-    return [act_name(h, layer) for layer in range(n_layers) for h in hooks]
-
-
-def _demo_range(task: TokenizedTask) -> tuple[Tensor, int]:
-    starts = task.demo_spans[:, 0, 0]
-    counts = task.demo_spans[:, -1, 1] - starts
-    if int(counts.min()) != int(counts.max()):
-        raise IclgdError("every ICL prompt must have demonstrations of the same total length")
-    return starts, int(counts[0])
-
-
 def run_prompts(
     model: Any,
     task: TokenizedTask,
@@ -264,60 +252,21 @@ def run_prompts(
     `"auto"`/`AutoBatch`: halved on GPU out-of-memory).
     """
     n_layers = int(model.cfg.n_layers)
-    names = _names(n_layers, pattern=demo_attention, attn_in=attn_in or token_inputs,
+    names = capture_names(n_layers, pattern=demo_attention, attn_in=attn_in or token_inputs,
                    queries=queries)
-    ln1 = {act_name("ln1", layer) for layer in range(n_layers)}
+    starts, n_demo_tok = None, 0
     if demo_attention:
         if task.n_demos == 0:
             raise IclgdError("demo_attention needs prompts with demonstrations")
-        starts, n_demo_tok = _demo_range(task)
+        starts, n_demo_tok = demo_range(task)
     query_len = torch.as_tensor(query_len, dtype=torch.long)
     if query_len.shape != (len(task),):
         raise IclgdError(f"query_len must have one entry per prompt ({len(task)})")
-    q_max = int(query_len.max())
-
-    def step(lo: int, hi: int) -> dict[str, Tensor]:
-        rows = torch.arange(lo, hi)
-        chunk: dict[str, Tensor] = {}
-        width = int(task.lengths[rows].max())
-        # query token j of row b sits at answer_pos - query_len + 1 + j
-        offs = torch.arange(q_max)
-        first = task.answer_pos[rows] - query_len[rows] + 1
-        pos = (first[:, None] + offs[None, :]).clamp(max=width - 1)
-        keep = offs[None, :] < query_len[rows, None]
-        at: Any = task.answer_pos[rows]
-        if token_inputs:  # ln1 at [demonstration tokens,] query tokens, answer position
-            n_dem = n_demo_tok if demo_attention else 0
-            spans = [starts[rows, None] + torch.arange(n_dem)[None, :]] if n_dem else []
-            ln1_pos = torch.cat([*spans, pos, task.answer_pos[rows, None]], 1)
-            at = {n: ln1_pos if n in ln1 else task.answer_pos[rows] for n in [*names, "logits"]}
-        got = capture(model, task.tokens[rows, :width], names, positions=at, return_logits=True)
-        chunk["out"] = stack_layers(got, "attn_out", n_layers)
-        scores = stack_layers(got, "scores", n_layers)
-        picked = scores.gather(-1, pos[:, None, None, :].expand(*scores.shape[:3], q_max))
-        chunk["scores"] = torch.where(keep[:, None, None, :], picked, torch.zeros_like(picked))
-        if demo_attention:
-            pat = stack_layers(got, "pattern", n_layers)
-            dpos = starts[rows, None] + torch.arange(n_demo_tok)[None, :]
-            didx = dpos[:, None, None, :].expand(*pat.shape[:3], n_demo_tok)
-            chunk["pattern"] = pat.gather(-1, didx)
-            chunk["demo_scores"] = scores.gather(-1, didx)
-        if token_inputs:
-            x = stack_layers(got, "ln1", n_layers)  # [batch, n_layers, k, d_model]
-            if demo_attention:
-                chunk["demo_x"] = x[:, :, :n_demo_tok]
-            chunk["query_x"] = torch.where(keep[:, None, :, None], x[:, :, -q_max - 1 : -1], 0.0)
-            if attn_in:
-                chunk["in"] = x[:, :, -1]
-        elif attn_in:
-            chunk["in"] = stack_layers(got, "ln1", n_layers)
-        if queries:
-            chunk["q"] = stack_layers(got, "q", n_layers).flatten(-2)
-        chunk["logits"] = got["logits"]
-        return chunk
-
-    chunks = run_batched(len(task), batch_size, step, default=DEFAULT_BATCH,
-                         device=model_device(model), what=f"{setting} capture")
+    ctx = BatchContext(model, task, query_len, int(query_len.max()), names, n_layers, starts,
+                n_demo_tok, attn_in, queries, token_inputs)
+    chunks = run_batched(len(task), batch_size, partial(capture_batch, ctx),
+                         default=DEFAULT_BATCH, device=model_device(model),
+                         what=f"{setting} capture")
     keys = ("out", "scores", "pattern", "demo_scores", "in", "q", "logits", "query_x", "demo_x")
     parts = {k: [c[k] for c in chunks if k in c] for k in keys}
     return RunCapture(

@@ -8,6 +8,10 @@ PNGs (merged-matrix heatmaps trained vs constructed, loss curve).
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from iclgd.analyses.von_oswald import TrainResult
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -45,9 +49,9 @@ def run(args: argparse.Namespace) -> int:
         check_output_folder(args.out)  # before the heavy imports
     import torch
 
-    from iclgd.analyses.von_oswald import gd_merged, reproduce
+    from iclgd.analyses.von_oswald import reproduce
     from iclgd.errors import IclgdError
-    from iclgd.results import provenance, save_figure, to_json, write_csv, write_json
+    from iclgd.results import to_json
 
     if args.layers < 1 or args.batch < 1 or args.eval_tasks < 1 or args.threads < 1:
         raise IclgdError("--layers, --batch, --eval-tasks and --threads must be >= 1")
@@ -61,31 +65,46 @@ def run(args: argparse.Namespace) -> int:
     )  # fmt: skip
     summary["threads"] = args.threads
     if args.out:
-        from pathlib import Path
-
-        from iclgd.analyses.von_oswald_plots import loss_curve, merged_heatmaps
-
-        out = Path(args.out)
-        write_json(out / "reproduce.json", summary)
-        write_json(out / "provenance.json", provenance(
-            model=f"lsa-{args.layers}layer-{'per-layer' if args.per_layer else 'shared'}",
-            checkpoint=None, seed=args.seed, dtype="float32 (train), float64 (eval)",
-            device=args.device, weight_processing="raw"))  # fmt: skip
-        write_csv(out / "loss.csv", [{"step": s, "half_mse": v} for s, v in result.history])
-        d, n = summary["d"], summary["n"]
-        qk_c, ov_c = gd_merged(d, n, summary["eta"])
-        trained = {"W_K^T W_Q": result.model.merged_qk(0), "P W_V": result.model.merged_ov(0)}
-        fig = merged_heatmaps(trained, {"W_K^T W_Q": qk_c, "P W_V": ov_c}, "layer 0: trained vs GD")
-        save_figure(fig, out / "merged_heatmaps.png", dpi=120)
-        refs = {
-            "GD": summary["gd_loss"],
-            **({"GD++": summary["gdpp_loss"]} if "gdpp_loss" in summary else {}),
-        }
-        save_figure(loss_curve(result.history, refs), out / "loss_curve.png", dpi=120)
+        _write_outputs(args, summary, result)
     if args.json:
         print(to_json(summary))
         return 0
-    s = summary
+    _print_summary(summary)
+    return 0
+
+
+def _write_outputs(args: argparse.Namespace, summary: dict[str, Any], result: TrainResult
+                   ) -> None:
+    """`--out`: reproduce.json, provenance.json, loss.csv and the two figures (merged matrices
+    of layer 0 trained vs the GD construction, loss curve with the GD / GD++ levels)."""
+    from pathlib import Path
+
+    from iclgd.analyses.von_oswald import gd_merged
+    from iclgd.analyses.von_oswald_plots import loss_curve, merged_heatmaps
+    from iclgd.results import provenance, save_figure, write_csv, write_json
+
+    out = Path(args.out)
+    write_json(out / "reproduce.json", summary)
+    write_json(out / "provenance.json", provenance(
+        model=f"lsa-{args.layers}layer-{'per-layer' if args.per_layer else 'shared'}",
+        checkpoint=None, seed=args.seed, dtype="float32 (train), float64 (eval)",
+        device=args.device, weight_processing="raw"))  # fmt: skip
+    write_csv(out / "loss.csv", [{"step": s, "half_mse": v} for s, v in result.history])
+    d, n = summary["d"], summary["n"]
+    qk_c, ov_c = gd_merged(d, n, summary["eta"])
+    trained = {"W_K^T W_Q": result.model.merged_qk(0), "P W_V": result.model.merged_ov(0)}
+    fig = merged_heatmaps(trained, {"W_K^T W_Q": qk_c, "P W_V": ov_c}, "layer 0: trained vs GD")
+    save_figure(fig, out / "merged_heatmaps.png", dpi=120)
+    refs = {
+        "GD": summary["gd_loss"],
+        **({"GD++": summary["gdpp_loss"]} if "gdpp_loss" in summary else {}),
+    }
+    save_figure(loss_curve(result.history, refs), out / "loss_curve.png", dpi=120)
+
+
+def _print_summary(s: dict[str, Any]) -> None:
+    """The human-readable summary: losses of the trained model and the baselines, the
+    trained-vs-constructed comparisons and the interpolation check."""
     print(
         f"von Oswald reproduction: {s['layers']} layer(s), {'shared' if s['shared_weights'] else 'per-layer'} "
         f"weights, {s['steps']} steps, {s['train_wall_s']:.1f} s ({s['steps_per_s']:.1f} steps/s)"
@@ -109,4 +128,3 @@ def run(args: argparse.Namespace) -> int:
             f"interpolation (alpha 0.5): trained {i['loss_trained']:.4f}  construction "
             f"{i['loss_construction']:.4f}  interpolated {i['loss_interpolated']:.4f}"
         )
-    return 0

@@ -50,6 +50,7 @@ from iclgd.errors import IclgdError
 from iclgd.hooks.precision import wide_dtype, widen
 from iclgd.hooks.weights import hf_module
 from iclgd.probes.finetune_methods import (
+    MethodSpec,
     layer_causal_hooks,
     make_loss,
     method_spec,
@@ -221,6 +222,47 @@ def _train(
 ) -> None:
     """Train for `epochs`; after each epoch count in `snapshots` call `on_epoch(count, [delta
     per task])` (outside any training hook, with the model's own weights untouched)."""
+    run = _setup(model, demos, method=method, lr=lr, epochs=epochs, batch_size=batch_size,
+                 loss_on=loss_on, layer=layer, seed=seed, batched=batched)
+    rng = torch.Generator().manual_seed(seed).get_state()  # global RNG forked per epoch
+    for epoch in range(epochs):
+        rng = _train_epoch(run, epoch, rng)
+        if epoch + 1 in snapshots:
+            on_epoch(epoch + 1, _snapshot(run, epoch + 1, last=epoch + 1 == epochs))
+
+
+@dataclass
+class _Run:
+    """One finetuning run of `_train`: its settings, batches, data on the model's device, and the
+    trained tensors (`params`, from `init`) with their optimiser `state` and per-step `losses`."""
+
+    hf: nn.Module
+    spec: MethodSpec
+    method: str
+    lr: float
+    loss_on: str
+    layer: int | None
+    seed: int
+    batched: bool
+    bsz: int
+    batches: list[list[int]]
+    tokens: Tensor
+    target: Tensor
+    valid: Tensor
+    masks: dict[str, Tensor | None]
+    frozen: dict[str, Tensor]
+    init: dict[str, Tensor]
+    run_dtype: dict[str, torch.dtype]
+    params: dict[str, Tensor]
+    state: dict[str, tuple[Tensor, Tensor, Tensor]]
+    losses: list[Tensor] = field(default_factory=list)
+
+
+def _setup(
+    model: nn.Module, demos: TokenizedDemos, *, method: str, lr: float | None, epochs: int,
+    batch_size: int | None, loss_on: str | None, layer: int | None, seed: int, batched: bool,
+) -> _Run:
+    """Check the settings and the data, cut the batches, and start the trained tensors."""
     spec = method_spec(method)
     lr = spec.lr if lr is None else lr
     _check_settings(lr, epochs, batch_size)
@@ -236,11 +278,7 @@ def _train(
     bsz = n_demos if spec.full_batch else (batch_size or 1)
     target = demos.target_mask(loss_on)
     batches = [list(range(i, min(i + bsz, n_demos))) for i in range(0, n_demos, bsz)]
-    for idx in batches:
-        empty = (target[:, idx].sum((1, 2)) == 0).nonzero()
-        if len(empty):
-            raise IclgdError(f"task {int(empty[0])}: demonstrations {idx[0]}..{idx[-1]} have "
-                             f"no {loss_on!r} target tokens to train on")
+    _check_targets(target, batches, loss_on)
     device = next(hf.parameters()).device
     tokens, target, valid = (x.to(device) for x in (demos.tokens, target, demos.valid))
 
@@ -254,47 +292,61 @@ def _train(
               for n, p in init.items()}
     state = {n: (torch.zeros_like(p), torch.zeros_like(p), torch.zeros((), device=p.device))
              for n, p in params.items()} if spec.optimizer == "adam" else {}
-    losses: list[Tensor] = []
-    step = 0
-    rng = torch.Generator().manual_seed(seed).get_state()  # global RNG forked per epoch
-    for epoch in range(epochs):
-        # hooks and the forked RNG live per epoch, so `on_epoch` runs on the plain model
-        hooks = layer_causal_hooks(hf) if spec.layer_causal else nullcontext(None)
-        with torch.random.fork_rng(devices=[]), hooks as collected:
-            torch.set_rng_state(rng)
-            step_fn = grad_and_value(_in_run_dtype(make_loss(hf, frozen, collected), run_dtype))
-            if batched:
-                step_fn = vmap(step_fn)
-            for idx in batches:
-                seq = int(valid[:, idx].any(0).any(0).nonzero().max()) + 1
-                tok, tgt = tokens[:, idx, :seq], target[:, idx, :seq]
-                if batched:
-                    grads, loss = step_fn(params, tok, tgt)
-                else:
-                    grads, loss = step_fn(params, tok[0], tgt[0])
-                    loss = loss[None]
-                step += 1
-                where = f"{method} finetuning, step {step} (epoch {epoch + 1})"
-                if not torch.isfinite(loss).all():
-                    raise IclgdError(f"{where}: the loss is not finite: lower the learning rate")
-                losses.append(loss.detach())
-                _update(params, grads, masks, state, spec.optimizer, lr, where)
-                del grads  # not alive during the next step's backward
-            rng = torch.get_rng_state()
-        if epoch + 1 in snapshots:
-            per_step = torch.stack(losses, 1).cpu()  # [n_tasks, n_steps]
-            if epoch + 1 == epochs:  # the last snapshot: ΔW in the trained tensors' memory
-                state.clear()
-                diff = {n: p.sub_(init[n]) for n, p in params.items()}
+    return _Run(hf, spec, method, lr, loss_on, layer, seed, batched, bsz, batches, tokens,
+                target, valid, masks, frozen, init, run_dtype, params, state)
+
+
+def _check_targets(target: Tensor, batches: list[list[int]], loss_on: str) -> None:
+    """Every batch of every task has at least one target token (else its loss is undefined)."""
+    for idx in batches:
+        empty = (target[:, idx].sum((1, 2)) == 0).nonzero()
+        if len(empty):
+            raise IclgdError(f"task {int(empty[0])}: demonstrations {idx[0]}..{idx[-1]} have "
+                             f"no {loss_on!r} target tokens to train on")
+
+
+def _train_epoch(run: _Run, epoch: int, rng: Tensor) -> Tensor:
+    """One epoch over `run.batches` under the forked global RNG `rng`; returns its next state."""
+    # hooks and the forked RNG live per epoch, so `on_epoch` runs on the plain model
+    hooks = layer_causal_hooks(run.hf) if run.spec.layer_causal else nullcontext(None)
+    with torch.random.fork_rng(devices=[]), hooks as collected:
+        torch.set_rng_state(rng)
+        step_fn = grad_and_value(_in_run_dtype(make_loss(run.hf, run.frozen, collected),
+                                               run.run_dtype))
+        if run.batched:
+            step_fn = vmap(step_fn)
+        for idx in run.batches:
+            seq = int(run.valid[:, idx].any(0).any(0).nonzero().max()) + 1
+            tok, tgt = run.tokens[:, idx, :seq], run.target[:, idx, :seq]
+            if run.batched:
+                grads, loss = step_fn(run.params, tok, tgt)
             else:
-                diff = {n: p - init[n] for n, p in params.items()}
-            on_epoch(epoch + 1, [
-                WeightDelta({n: d[t] if batched else d for n, d in diff.items()},
-                            method, float(lr), epoch + 1, bsz, loss_on, layer, seed,
-                            per_step[t].tolist())
-                for t in range(n_tasks)
-            ])
-            del diff
+                grads, loss = step_fn(run.params, tok[0], tgt[0])
+                loss = loss[None]
+            where = f"{run.method} finetuning, step {len(run.losses) + 1} (epoch {epoch + 1})"
+            if not torch.isfinite(loss).all():
+                raise IclgdError(f"{where}: the loss is not finite: lower the learning rate")
+            run.losses.append(loss.detach())
+            _update(run.params, grads, run.masks, run.state, run.spec.optimizer, run.lr, where)
+            del grads  # not alive during the next step's backward
+        return torch.get_rng_state()
+
+
+def _snapshot(run: _Run, count: int, *, last: bool) -> list[WeightDelta]:
+    """The `WeightDelta` of every task after `count` epochs; the `last` one is built in the
+    trained tensors' own memory (and drops the optimiser state)."""
+    per_step = torch.stack(run.losses, 1).cpu()  # [n_tasks, n_steps]
+    if last:
+        run.state.clear()
+        diff = {n: p.sub_(run.init[n]) for n, p in run.params.items()}
+    else:
+        diff = {n: p - run.init[n] for n, p in run.params.items()}
+    return [
+        WeightDelta({n: d[t] if run.batched else d for n, d in diff.items()},
+                    run.method, float(run.lr), count, run.bsz, run.loss_on, run.layer, run.seed,
+                    per_step[t].tolist())
+        for t in range(run.tokens.shape[0])
+    ]
 
 
 def _in_run_dtype(

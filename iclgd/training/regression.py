@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from iclgd.data.curriculum import Curriculum, sample_prompts
+from iclgd.data.curriculum import Curriculum, CurriculumState, sample_prompts
 from iclgd.errors import IclgdError
 from iclgd.hooks.loading import resolve_device
 from iclgd.results import read_json, write_json
@@ -193,6 +193,43 @@ def train_regression(
             f"{out} already has a checkpoint at step {start} > --steps {config.steps}; "
             "raise --steps or use a new --out folder"
         )
+    model, optimizer, generator = _start(config, latest, device)
+    ckpt_steps = [s for s in checkpoint_steps(config.steps, config.n_checkpoints) if s > start or
+                  (s == 0 and not latest)]
+    log = read_train_log(out, up_to_step=start)
+    elapsed0 = float(log[-1]["elapsed_s"]) if log else 0.0
+    written: list[int] = []
+    t0 = time.perf_counter()
+    if ckpt_steps and ckpt_steps[0] == 0:
+        _save_checkpoint(out, 0, model, optimizer, generator, config)
+        written.append(0)
+    window: list[float] = []
+    bar = tqdm(range(start, config.steps), disable=not progress, desc="train regression",
+               initial=start, total=config.steps)
+    for step in bar:
+        cur = curriculum.at(step)
+        window.append(_train_step(model, optimizer, config, cur, generator, device))
+        if (step + 1) % config.log_every == 0 or step + 1 == config.steps:
+            mse = sum(window) / len(window)
+            log.append(_log_row(step + 1, cur, mse, config.lr,
+                                round(elapsed0 + time.perf_counter() - t0, 3)))
+            window = []
+            bar.set_postfix(loss_norm=f"{mse / cur.n_dims:.4f}", d=cur.n_dims, n=cur.n_points)
+            write_train_log(out, log)
+        if step + 1 in ckpt_steps:
+            _save_checkpoint(out, step + 1, model, optimizer, generator, config)
+            written.append(step + 1)
+    bar.close()
+    write_train_log(out, log)
+    return TrainResult(out=out, start_step=start, end_step=config.steps, checkpoints=written,
+                       log=log, wall_s=time.perf_counter() - t0)
+
+
+def _start(
+    config: RegressionTrainConfig, latest: tuple[int, Path] | None, device: torch.device,
+) -> tuple[GargRegressionModel, torch.optim.Optimizer, torch.Generator]:
+    """The model in training mode, its Adam optimiser and the prompt generator: resumed from the
+    `latest` checkpoint, or fresh (model seeded by `config.seed`, prompts by `config.seed + 1`)."""
     generator = torch.Generator().manual_seed(config.seed + 1)
     if latest:
         model = load_regression_model(latest[1], device=device, attn_implementation="sdpa")
@@ -210,43 +247,30 @@ def train_regression(
         model = model.to(device)
         optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     model.train()
-    ckpt_steps = [s for s in checkpoint_steps(config.steps, config.n_checkpoints) if s > start or
-                  (s == 0 and not latest)]
-    log = read_train_log(out, up_to_step=start)
-    elapsed0 = float(log[-1]["elapsed_s"]) if log else 0.0
-    written: list[int] = []
-    t0 = time.perf_counter()
-    if ckpt_steps and ckpt_steps[0] == 0:
-        _save_checkpoint(out, 0, model, optimizer, generator, config)
-        written.append(0)
-    window: list[float] = []
-    bar = tqdm(range(start, config.steps), disable=not progress, desc="train regression",
-               initial=start, total=config.steps)
-    for step in bar:
-        cur = curriculum.at(step)
-        batch = sample_prompts(config.batch, cur.n_points, config.n_dims, n_dims=cur.n_dims,
-                               noise_std=config.noise_std, generator=generator)
-        preds = model(batch.xs.to(device), batch.ys.to(device))
-        loss = (preds - batch.ys.to(device)).square().mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        window.append(float(loss.detach()))
-        if (step + 1) % config.log_every == 0 or step + 1 == config.steps:
-            mse = sum(window) / len(window)
-            log.append({
-                "step": step + 1, "n_dims": cur.n_dims, "n_points": cur.n_points, "loss": mse,
-                "loss_normalised": mse / cur.n_dims, "lr": config.lr,
-                "elapsed_s": round(elapsed0 + time.perf_counter() - t0, 3),
-            })
-            window = []
-            bar.set_postfix(loss_norm=f"{mse / cur.n_dims:.4f}", d=cur.n_dims, n=cur.n_points)
-            write_train_log(out, log)
-        if step + 1 in ckpt_steps:
-            _save_checkpoint(out, step + 1, model, optimizer, generator, config)
-            written.append(step + 1)
-    bar.close()
-    write_train_log(out, log)
-    return TrainResult(out=out, start_step=start, end_step=config.steps, checkpoints=written,
-                       log=log, wall_s=time.perf_counter() - t0)
+    return model, optimizer, generator
+
+
+def _train_step(
+    model: GargRegressionModel, optimizer: torch.optim.Optimizer, config: RegressionTrainConfig,
+    cur: CurriculumState, generator: torch.Generator, device: torch.device,
+) -> float:
+    """One Adam step on a fresh batch of `cur`'s prompts; returns its mean squared error."""
+    batch = sample_prompts(config.batch, cur.n_points, config.n_dims, n_dims=cur.n_dims,
+                           noise_std=config.noise_std, generator=generator)
+    preds = model(batch.xs.to(device), batch.ys.to(device))
+    loss = (preds - batch.ys.to(device)).square().mean()
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return float(loss.detach())
+
+
+def _log_row(
+    step: int, cur: CurriculumState, mse: float, lr: float, elapsed_s: float
+) -> dict[str, Any]:
+    """One `train_log.csv` row: the mean loss since the last row, also per input dimension."""
+    return {
+        "step": step, "n_dims": cur.n_dims, "n_points": cur.n_points, "loss": mse,
+        "loss_normalised": mse / cur.n_dims, "lr": lr, "elapsed_s": elapsed_s,
+    }
 
