@@ -58,6 +58,7 @@ from iclgd.probes.finetune_methods import (
 )
 
 _BETAS, _EPS = (0.9, 0.999), 1e-8
+_FUSED_ADAM_DEVICES = ("cpu", "cuda")  # where torch.optim ships the fused Adam kernel
 
 
 @dataclass
@@ -383,7 +384,8 @@ def _update(
     if optimizer == "sgd":
         torch._foreach_add_(p, g, alpha=-lr)
         return
+    fused = p[0].device.type in _FUSED_ADAM_DEVICES  # elsewhere torch's multi-tensor form
     adam(p, g, [state[n][0] for n in names],
-         [state[n][1] for n in names], [], [state[n][2] for n in names], fused=True,
-         amsgrad=False, beta1=_BETAS[0], beta2=_BETAS[1], lr=lr, weight_decay=0.0, eps=_EPS,
+         [state[n][1] for n in names], [], [state[n][2] for n in names], fused=fused,
+         foreach=not fused, amsgrad=False, beta1=_BETAS[0], beta2=_BETAS[1], lr=lr, weight_decay=0.0, eps=_EPS,
          maximize=False)
