@@ -98,6 +98,8 @@ if TYPE_CHECKING:
     )
     from iclgd.specs import list_checkpoints
 
+_SUBPACKAGES = frozenset({"analyses", "constructions", "data", "hooks", "probes", "training"})
+
 __all__ = [
     "Construction",
     "IclgdError",
@@ -138,13 +140,17 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    """Import a public name from its home module on first use (PEP 562)."""
-    if name not in _HOME:
+    """Import a public name from its home module, or a subpackage (`iclgd.hooks`), on first use
+    (PEP 562)."""
+    if name in _SUBPACKAGES:
+        value = importlib.import_module(f"iclgd.{name}")
+    elif name in _HOME:
+        value = getattr(importlib.import_module(_HOME[name]), name)
+    else:
         raise AttributeError(f"module 'iclgd' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_HOME[name]), name)
     globals()[name] = value
     return value
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+    return sorted({*globals(), *__all__, *_SUBPACKAGES})

@@ -41,6 +41,14 @@ def test_import_is_light_and_names_resolve():
         iclgd.no_such_name  # noqa: B018
 
 
+def test_subpackages_resolve_as_attributes():
+    code = ("import iclgd; m = iclgd.hooks; import iclgd.hooks as h; assert m is h; "
+            "print(sorted(n for n in iclgd._SUBPACKAGES if not hasattr(iclgd, n)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+    assert {"hooks", "probes", "analyses"} <= set(dir(iclgd))
+
+
 def test_hooks_all_is_public_and_importable():
     for name in iclgd.hooks.__all__:
         assert not name.startswith("_") and getattr(iclgd.hooks, name) is not None
