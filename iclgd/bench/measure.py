@@ -202,18 +202,17 @@ def record_updates() -> Iterator[list[Update]]:
     from iclgd.probes import finetune as ft
 
     updates: list[Update] = []
-    original = ft._update
+    original = ft._step
 
-    def spy(params: Any, grads: Any, masks: Any, state: Any, optimizer: str, lr: float,
-            where: str) -> None:
-        updates.append(Update(optimizer, float(lr), tuple(grads)))
-        original(params, grads, masks, state, optimizer, lr, where)
+    def spy(run: Any, *args: Any) -> None:
+        updates.append(Update(run.spec.optimizer, float(run.lr), tuple(run.params)))
+        original(run, *args)
 
-    ft._update = spy  # type: ignore[assignment]
+    ft._step = spy  # type: ignore[assignment]
     try:
         yield updates
     finally:
-        ft._update = original  # type: ignore[assignment]
+        ft._step = original  # type: ignore[assignment]
 
 
 @contextmanager

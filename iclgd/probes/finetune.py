@@ -226,10 +226,15 @@ def _train(
     run = _setup(model, demos, method=method, lr=lr, epochs=epochs, batch_size=batch_size,
                  loss_on=loss_on, layer=layer, seed=seed, batched=batched)
     rng = torch.Generator().manual_seed(seed).get_state()  # global RNG forked per epoch
-    for epoch in range(epochs):
-        rng = _train_epoch(run, epoch, rng)
-        if epoch + 1 in snapshots:
-            on_epoch(epoch + 1, _snapshot(run, epoch + 1, last=epoch + 1 == epochs))
+    handles = [] if batched else _update_in_backward(run)
+    try:
+        for epoch in range(epochs):
+            rng = _train_epoch(run, epoch, rng)
+            if epoch + 1 in snapshots:
+                on_epoch(epoch + 1, _snapshot(run, epoch + 1, last=epoch + 1 == epochs))
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 @dataclass
@@ -257,6 +262,7 @@ class _Run:
     params: dict[str, Tensor]
     state: dict[str, tuple[Tensor, Tensor, Tensor]]
     losses: list[Tensor] = field(default_factory=list)
+    where: str = ""  # the current step, for error messages raised inside backward
 
 
 def _setup(
@@ -312,36 +318,62 @@ def _train_epoch(run: _Run, epoch: int, rng: Tensor) -> Tensor:
     hooks = layer_causal_hooks(run.hf) if run.spec.layer_causal else nullcontext(None)
     with torch.random.fork_rng(devices=[]), hooks as collected:
         torch.set_rng_state(rng)
-        step_fn = grad_and_value(_in_run_dtype(make_loss(run.hf, run.frozen, collected),
-                                               run.run_dtype))
-        if run.batched:
-            step_fn = vmap(step_fn)
+        loss_fn = _in_run_dtype(make_loss(run.hf, run.frozen, collected), run.run_dtype)
+        step_fn = vmap(grad_and_value(loss_fn)) if run.batched else None
         for idx in run.batches:
             seq = int(run.valid[:, idx].any(0).any(0).nonzero().max()) + 1
-            tok, tgt = run.tokens[:, idx, :seq], run.target[:, idx, :seq]
-            if run.batched:
-                grads, loss = step_fn(run.params, tok, tgt)
-            else:
-                grads, loss = step_fn(run.params, tok[0], tgt[0])
-                loss = loss[None]
             where = f"{run.method} finetuning, step {len(run.losses) + 1} (epoch {epoch + 1})"
-            if not torch.isfinite(loss).all():
-                raise IclgdError(f"{where}: the loss is not finite: lower the learning rate")
-            run.losses.append(loss.detach())
-            _update(run.params, grads, run.masks, run.state, run.spec.optimizer, run.lr, where)
-            del grads  # not alive during the next step's backward
+            _step(run, loss_fn if step_fn is None else step_fn, run.tokens[:, idx, :seq],
+                  run.target[:, idx, :seq], where)
         return torch.get_rng_state()
+
+
+def _step(run: _Run, fn: Callable[..., Any], tokens: Tensor, target: Tensor, where: str) -> None:
+    """One finetuning step on `tokens`/`target [n_tasks, b, seq]`: `fn` is the vmapped
+    `grad_and_value(loss)` of a batched run, the plain loss of a single one. A single run's
+    backward applies each tensor's update as soon as its gradient is complete and frees that
+    gradient (the "optimizer step in backward" pattern of PyTorch's
+    `register_post_accumulate_grad_hook`), so the whole model's gradients are never held at
+    once; the update is the same as stepping after the full backward, tensor by tensor."""
+    if run.batched:
+        grads, loss = fn(run.params, tokens, target)
+    else:
+        loss = fn(run.params, tokens[0], target[0])[None]
+    if not torch.isfinite(loss).all():
+        raise IclgdError(f"{where}: the loss is not finite: lower the learning rate")
+    run.losses.append(loss.detach())
+    if run.batched:
+        _update(run.params, grads, run.masks, run.state, run.spec.optimizer, run.lr, where)
+        return
+    run.where = where
+    loss.sum().backward()
+
+
+def _update_in_backward(run: _Run) -> list[Any]:
+    """Make every trained tensor of a single run a leaf that takes its own update from
+    `_update` as soon as backward has completed its gradient (then frees it); returns the hook
+    handles."""
+    def hook(name: str) -> Callable[[Tensor], None]:
+        def apply(p: Tensor) -> None:
+            grad, p.grad = p.grad, None
+            _update({name: p}, {name: grad}, run.masks, run.state, run.spec.optimizer, run.lr,
+                    run.where)
+        return apply
+
+    return [p.requires_grad_(True).register_post_accumulate_grad_hook(hook(n))
+            for n, p in run.params.items()]
 
 
 def _snapshot(run: _Run, count: int, *, last: bool) -> list[WeightDelta]:
     """The `WeightDelta` of every task after `count` epochs; the `last` one is built in the
     trained tensors' own memory (and drops the optimiser state)."""
     per_step = torch.stack(run.losses, 1).cpu()  # [n_tasks, n_steps]
-    if last:
-        run.state.clear()
-        diff = {n: p.sub_(run.init[n]) for n, p in run.params.items()}
-    else:
-        diff = {n: p - run.init[n] for n, p in run.params.items()}
+    with torch.no_grad():
+        if last:
+            run.state.clear()
+            diff = {n: p.sub_(run.init[n]).detach() for n, p in run.params.items()}
+        else:
+            diff = {n: p - run.init[n] for n, p in run.params.items()}
     return [
         WeightDelta({n: d[t] if run.batched else d for n, d in diff.items()},
                     run.method, float(run.lr), count, run.bsz, run.loss_on, run.layer, run.seed,
@@ -380,7 +412,7 @@ def _update(
     if not torch.isfinite(norms).all():
         bad = names[int((~torch.isfinite(norms)).nonzero()[0])]
         raise IclgdError(f"{where}: the gradient of {bad} is not finite: lower the learning rate")
-    p = [params[n] for n in names]
+    p = [params[n].detach() for n in names]  # in place, outside autograd
     if optimizer == "sgd":
         torch._foreach_add_(p, g, alpha=-lr)
         return

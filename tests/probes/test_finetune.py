@@ -173,6 +173,37 @@ def test_errors(bridge):
         finetune(bridge, stack_demos([d, d]), method="sgd", lr=0.1)
 
 
+class _InfGradient(torch.autograd.Function):
+    """Identity forward, infinite gradient backward."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        return torch.full_like(g, float("inf"))
+
+
+def test_non_finite_gradient_inside_backward_is_an_error_and_leaves_nothing_behind(
+        bridge, monkeypatch):
+    # a single run applies each tensor's update inside backward: an inf gradient there must
+    # surface as the one-line error, and the next run must be unaffected
+    from iclgd.probes import finetune_methods
+
+    d = _demos(8, n=2)
+    before = finetune(bridge, d, method="adam", lr=1e-2)
+    ce = finetune_methods.masked_ce
+    with monkeypatch.context() as m:  # finite loss, infinite gradient into the logits
+        m.setattr(finetune_methods, "masked_ce", lambda lg, *a: ce(_InfGradient.apply(lg), *a))
+        with pytest.raises(IclgdError, match=r"adam finetuning, step 1 .*gradient of .* not finite"):
+            finetune(bridge, d, method="adam", lr=1e-2)
+    again = finetune(bridge, d, method="adam", lr=1e-2)
+    assert again.losses == before.losses
+    assert all(torch.equal(again.deltas[n], before.deltas[n]) for n in before.deltas)
+    assert not any(t.requires_grad for t in again.deltas.values())
+
+
 def _kv_rows_changed(hf):
     g = torch.Generator().manual_seed(0)
     d = demos_from_token_examples(torch.randint(0, V, (2, 6), generator=g))
