@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from iclgd.errors import IclgdError
-from iclgd.hooks.precision import first_non_finite, is_reduced, widen
+from iclgd.hooks.precision import first_non_finite, is_reduced, wide_dtype, widen
 from iclgd.hooks.weights import hf_state_dict
 
 M = TypeVar("M", bound=nn.Module)
@@ -71,14 +71,14 @@ def _live(model: nn.Module, names: Mapping[str, Tensor], what: str) -> dict[str,
     return live
 
 
-def _add_rounded_once(weight: Tensor, d: Tensor) -> None:
-    """`weight += d` in place; for bf16/fp16 weights `W + ΔW` is summed in float32 and rounded
-    once to the weight's dtype (rounding ΔW first would lose updates below the weight's ulp)."""
+def _plus(weight: Tensor, d: Tensor) -> Tensor:
+    """`weight + d` as a new tensor in the weight's dtype and device; for bf16/fp16 weights the
+    sum is formed in float32 and rounded once (rounding ΔW first would lose updates below the
+    weight's ulp)."""
+    d = d.to(weight.device)
     if is_reduced(weight.dtype):
-        wide = widen(weight)
-        weight.copy_(wide + d.to(wide.device, wide.dtype))
-    else:
-        weight.add_(d.to(weight.device, weight.dtype))
+        return (widen(weight) + d.to(wide_dtype(weight.dtype))).to(weight.dtype)
+    return weight + d.to(weight.dtype)
 
 
 def _check_finite_update(tensors: Mapping[str, Tensor]) -> None:
@@ -92,10 +92,10 @@ def finetuned(model: M, delta: Delta | None) -> Iterator[M]:
     """Run `model` with `W_before + ΔW` inside the block, then restore its weights exactly.
 
     `delta` is a `WeightDelta` (from `iclgd.finetune`) or a `{hf_name: ΔW}` mapping; None runs
-    the original weights. The update is added in place (no grad), in the model's dtype and on
-    its device; only the tensors the delta names are saved (cloned) and copied back on exit, even
-    when the block raises, so a zero delta, and the model after the block, are bit-identical to
-    the original. The yielded object *is* `model`: read what you need inside the block (clone
+    the original weights. Each named parameter computes with a new tensor `W + ΔW` (in the
+    model's dtype, on its device) swapped in for its original, which is kept untouched and
+    swapped back on exit, even when the block raises: a zero delta, and the model after the
+    block, are bit-identical to the original, and no copy of the original weights is made. The yielded object *is* `model`: read what you need inside the block (clone
     weight views you keep). A non-finite update raises `IclgdError` before anything is written.
 
     Example:
@@ -106,19 +106,20 @@ def finetuned(model: M, delta: Delta | None) -> Iterator[M]:
         (2, 64)
     """
     tensors = {} if delta is None else delta_tensors(delta)
-    live = _live(model, tensors, "the delta")
+    _live(model, tensors, "the delta")
     _check_finite_update(tensors)
-    saved = {name: live[name].clone() for name in tensors}
+    params = hf_state_dict(model, keep_vars=True)
+    originals: dict[str, Tensor] = {}
     try:
         with torch.no_grad():
-            for name, d in tensors.items():
-                _add_rounded_once(live[name], d)
+            for name, d in tensors.items():  # W + ΔW swapped in; W itself is never written
+                originals[name] = params[name].data
+                params[name].data = _plus(originals[name], d)
         refresh_split_weights(model)
         yield model
     finally:
-        with torch.no_grad():
-            for name, original in saved.items():
-                live[name].copy_(original)
+        for name in reversed(originals):  # reversed: tied aliases end on the true original
+            params[name].data = originals[name]
         refresh_split_weights(model)
 
 

@@ -34,8 +34,9 @@ from iclgd.hooks.placement import check_in_memory
 from iclgd.hooks.types import AttentionWeights, MLPWeights
 
 
-def hf_state_dict(model: nn.Module) -> dict[str, Tensor]:
-    """The model's raw Hugging Face state dict (HF names, live tensors, no copies).
+def hf_state_dict(model: nn.Module, *, keep_vars: bool = False) -> dict[str, Tensor]:
+    """The model's raw Hugging Face state dict (HF names, live tensors, no copies; with
+    `keep_vars` the `nn.Parameter` objects themselves, as `nn.Module.state_dict`).
 
     For a TransformerBridge this strips the bridge's wrapper segments (`._original_component`)
     and drops the aliases it adds (`attn.q`, `mlp.in`, ...), keeping exactly the keys the
@@ -43,7 +44,7 @@ def hf_state_dict(model: nn.Module) -> dict[str, Tensor]:
     are offloaded to disk (`iclgd.hooks.placement`).
     """
     hf = getattr(model, "original_model", model)
-    raw = hf.state_dict(keep_vars=False)
+    raw = hf.state_dict(keep_vars=keep_vars)
     if any(v.is_meta for v in raw.values()):
         check_in_memory(model, "this analysis")
     clean = {k.replace("._original_component", ""): v for k, v in raw.items()

@@ -110,3 +110,20 @@ def test_bf16_weights_get_w_plus_delta_rounded_once_and_exact_restore(tiny_model
     assert torch.equal(inside, expect)
     assert not torch.equal(expect, before + delta.to(torch.bfloat16))  # the rule matters here
     assert torch.equal(hf_state_dict(model)[name], before)
+
+
+def test_original_tensors_are_never_written_and_tied_aliases_restore(tiny_models):
+    model = load_model(tiny_models["gpt2"], device="cpu")  # GPT-2 ties wte and lm_head
+    live = hf_state_dict(model)
+    assert live["lm_head.weight"].data_ptr() == live["transformer.wte.weight"].data_ptr()
+    view, before = live["transformer.wte.weight"], live["transformer.wte.weight"].clone()
+    d = torch.full_like(before, 0.5)
+    with finetuned(model, {"transformer.wte.weight": d, "lm_head.weight": d}):
+        inside = hf_state_dict(model)
+        assert torch.equal(view, before)  # the original storage keeps W
+        assert torch.equal(inside["lm_head.weight"], before + d + d)  # one tensor, both deltas
+        assert inside["transformer.wte.weight"].data_ptr() == inside["lm_head.weight"].data_ptr()
+    after = hf_state_dict(model)
+    assert after["transformer.wte.weight"].data_ptr() == view.data_ptr()
+    assert after["lm_head.weight"].data_ptr() == view.data_ptr()
+    assert torch.equal(after["lm_head.weight"], before)
