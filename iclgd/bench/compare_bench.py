@@ -62,7 +62,7 @@ def worker(runner: str, model: str, out: str, extra: list[str]) -> None:
     print(json.dumps({
         "cpu_s": _process_cpu_s(),
         "maxrss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-        "calls": [[list(c.shape), c.grad, c.vmapped] for c in calls],
+        "calls": [[list(c.shape), c.grad, c.vmapped, c.kept] for c in calls],
         "updates": [[u.optimizer, u.lr, list(u.trained)] for u in updates],
     }))
 
@@ -78,7 +78,7 @@ def baseline(folder: str, work: str, device: str) -> None:
     keep_freed_memory()  # the same malloc settings as the command (no page-fault handicap)
 
     got = json.loads(Path(work).read_text(encoding="utf-8"))
-    calls = [Call(tuple(s), bool(g), int(v)) for s, g, v in got["calls"]]
+    calls = [Call(tuple(s), bool(g), int(v), int(k)) for s, g, v, k in got["calls"]]
     updates = [Update(o, float(lr), tuple(t)) for o, lr, t in got["updates"]]
     hf = AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager").to(device)
     plain_replay(hf.eval(), calls, int(hf.config.vocab_size), updates=updates)()
@@ -107,8 +107,8 @@ def run(quick: bool, device: str, tiny: bool = False,
         work = Path(tmp) / "work.json"
         work.write_text(json.dumps(got), encoding="utf-8")
         base = _last_json(_fresh(["baseline", str(folder), str(work), device], "the baseline"))
-    steps = sum(v for _, g, v in got["calls"] if g)
-    forwards = sum(1 for _, g, _v in got["calls"] if not g)
+    steps = sum(v for _, g, v, _k in got["calls"] if g)
+    forwards = sum(1 for _, g, _v, _k in got["calls"] if not g)
     what = "compare on SmolLM2-135M (" + " ".join(COMPARE_ARGS[2:]) + ")"
     gb = got["maxrss_bytes"] / 1e9
     return [

@@ -179,11 +179,13 @@ def calibration_setup(mib: int = 64) -> dict[str, Callable[[], Any]]:
 
 @dataclass(frozen=True)
 class Call:
-    """One forward call of a Hugging Face language model: token shape, grad mode, vmap batch size."""
+    """One forward call of a Hugging Face language model: token shape, grad mode, vmap batch
+    size, and the number of positions it computed logits at (`logits_to_keep`; 0 = all)."""
 
     shape: tuple[int, ...]
     grad: bool
     vmapped: int = 1
+    kept: int = 0
 
 
 @dataclass(frozen=True)
@@ -219,14 +221,15 @@ def record_updates() -> Iterator[list[Update]]:
 def record_lm_calls() -> Iterator[list[Call]]:
     """Record every forward call of a Hugging Face language model (a `PreTrainedModel` with an
     output head) inside the block, through a global forward pre-hook: what a plain Hugging Face
-    replay of the same work must run."""
+    replay of the same work must run (a forward hook: it also sees how many positions' logits
+    were computed)."""
     import torch
     from torch._C import _functorch as ft
     from transformers import PreTrainedModel
 
     calls: list[Call] = []
 
-    def hook(module: Any, args: tuple) -> None:
+    def hook(module: Any, args: tuple, output: Any) -> None:
         if not args or not isinstance(module, PreTrainedModel) \
                 or module.get_output_embeddings() is None:  # only the LM with its head
             return
@@ -238,9 +241,12 @@ def record_lm_calls() -> Iterator[list[Call]]:
             bdim = ft.maybe_get_bdim(inner) if ft.is_batchedtensor(inner) else -1
             inner = ft.get_unwrapped(inner)
             vmapped *= inner.shape[bdim] if bdim >= 0 else 1
-        calls.append(Call(tuple(x.shape), torch.is_grad_enabled(), vmapped))
+        logits = getattr(output, "logits", None)
+        kept = int(logits.shape[-2]) if logits is not None else 0
+        calls.append(Call(tuple(x.shape), torch.is_grad_enabled(), vmapped,
+                          0 if kept == x.shape[-1] else kept))
 
-    handle = torch.nn.modules.module.register_module_forward_pre_hook(hook)
+    handle = torch.nn.modules.module.register_module_forward_hook(hook)
     try:
         yield calls
     finally:
@@ -250,7 +256,8 @@ def record_lm_calls() -> Iterator[list[Call]]:
 def plain_replay(hf: Any, calls: list[Call], vocab: int, seed: int = 0,
                  updates: list[Update] | None = None) -> Callable[[], None]:
     """The recorded work as plain Hugging Face calls on `hf`, on random tokens of the same
-    shapes: a no-grad call → `hf(tokens, use_cache=False)`; a grad call (a finetuning step) →
+    shapes: a no-grad call → `hf(tokens, use_cache=False, logits_to_keep=kept)` (logits at
+    as many positions as the recorded call computed); a grad call (a finetuning step) →
     forward, next-token cross-entropy and `backward()` once per vmapped task. Without `updates`
     gradients flow to every parameter and nothing is updated; with them (one per grad call, in
     order, `record_updates`) only the updated tensors get gradients and each step ends with
@@ -282,7 +289,7 @@ def plain_replay(hf: Any, calls: list[Call], vocab: int, seed: int = 0,
         for tokens, c in work:
             if not c.grad:
                 with torch.no_grad():
-                    hf(tokens, use_cache=False)
+                    hf(tokens, use_cache=False, logits_to_keep=c.kept)
                 continue
             u = next(steps, None) if updates is not None else None
             if u is not None:

@@ -196,14 +196,49 @@ def capture(
         return hook
 
     device = _model_device(model)
+    kwargs = dict(forward_kwargs or {})
+    cut_logits = _slicer("logits", _positions_of(positions, "logits", batch), batch)
+    if return_logits and "logits_to_keep" not in kwargs and _takes_logits_to_keep(model, chosen):
+        keep, cut_logits = _kept_logits(positions, batch, tokens.shape[1])
+        if keep is not None:
+            kwargs["logits_to_keep"] = keep.to(device)
     with torch.no_grad(), model.hooks(fwd_hooks=[(n, make_hook(n)) for n in chosen]):
-        logits = model(tokens.to(device), **dict(forward_kwargs or {}))
-    if return_logits:
-        if isinstance(logits, Tensor):
-            out = _slicer("logits", _positions_of(positions, "logits", batch), batch)(
-                logits.detach())
-            store["logits"] = out.to(dest) if dest is not None else out
+        logits = model(tokens.to(device), **kwargs)
+    if return_logits and isinstance(logits, Tensor):
+        out = cut_logits(logits.detach())
+        store["logits"] = out.to(dest) if dest is not None else out
     return store
+
+
+def _takes_logits_to_keep(model: HookedModel, chosen: Sequence[str]) -> bool:
+    """Whether the model is a Hugging Face LM whose forward computes logits only at the
+    positions given by `logits_to_keep` (the unembedding's own hooks are not being captured,
+    since they would then see fewer positions)."""
+    import inspect
+
+    hf = getattr(model, "original_model", None)
+    if hf is None or any(n.startswith("unembed") for n in chosen):
+        return False
+    return "logits_to_keep" in inspect.signature(hf.forward).parameters
+
+
+def _kept_logits(
+    positions: PositionsArg, batch: int, seq: int
+) -> tuple[Tensor | None, Callable[[Tensor], Tensor]]:
+    """The sorted positions whose logits are needed (`logits_to_keep`) and the slicer that picks
+    each row's logits from the logits at those positions only; `None` and the plain slicer when
+    every position is kept. The unembedding over all positions of a long prompt is a large part
+    of a forward pass (SmolLM2: 49,152 × 576 per token) and its full output the largest tensor."""
+    where = _positions_of(positions, "logits", batch)
+    cut = _slicer("logits", where, batch)
+    if where is None:
+        return None, cut
+    grid = torch.arange(seq).expand(batch, seq)[..., None]  # [batch, pos, 1]
+    chosen = cut(grid)[..., 0]  # the positions each row keeps: [batch] or [batch, k]
+    keep = chosen.unique()  # sorted
+    col = torch.searchsorted(keep, chosen)
+    rows = torch.arange(batch).view(-1, *[1] * (chosen.ndim - 1))
+    return keep, lambda t: t[rows.to(t.device), col.to(t.device)]
 
 
 def stack_layers(

@@ -23,6 +23,9 @@ kv, layer-causal, wv-layer). Conventions:
   causal attention, never changes a real position);
 - batches are consecutive demonstrations in prompt order (`batch_size`, last batch may be
   smaller); full-batch methods take all demonstrations in one step per epoch;
+- a single run (`finetune`) applies each tensor's update inside the backward pass as soon as
+  its gradient is complete, then frees that gradient, so the model's full gradient is never
+  held at once; a batched run steps after its `vmap(grad)` call;
 - SGD: `W ← W − lr · g`; Adam: torch.optim.Adam's defaults (β = 0.9, 0.999, ε = 1e-8, bias
   corrected, no weight decay); fused q/k/v tensors are trained through a gradient mask, so the
   untrained rows of a `WeightDelta` are exactly zero;

@@ -134,3 +134,30 @@ def test_capture_on_the_linear_attention_transformer(attention):
         capture(model, torch.zeros(1, 5, dtype=torch.long), names)
     with pytest.raises(IclgdError, match="empty"):
         capture(model, torch.zeros(1, 0, 6, dtype=torch.float64), names)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "neox", "llama"])
+def test_logits_computed_only_where_kept_equal_the_full_ones(arch, tiny_models):
+    model = load_model(tiny_models[arch], device="cpu")
+    tokens = torch.randint(1, 64, (3, 9), generator=torch.Generator().manual_seed(0))
+    seen = []
+    handle = model.original_model.register_forward_pre_hook(
+        lambda _m, _a, kw: seen.append(kw.get("logits_to_keep")), with_kwargs=True)
+    try:
+        with torch.no_grad():
+            full = model(tokens)
+        rows = torch.arange(3)
+        cases = [(-1, full[:, -1]), (torch.tensor([2, 8, 5]), full[rows, [2, 8, 5]]),
+                 (torch.tensor([[1, 4], [4, 0], [8, 8]]), full[rows[:, None], [[1, 4], [4, 0], [8, 8]]]),
+                 ([0, 3], full[:, [0, 3]]), (slice(6, None), full[:, 6:])]
+        for where, want in cases:
+            seen.clear()
+            got = capture(model, tokens, ["blocks.0.hook_attn_out"], positions={"logits": where}, return_logits=True)
+            assert seen[-1] is not None and len(seen[-1]) < 9, where  # fewer positions computed
+            assert got["logits"].shape == want.shape
+            assert (got["logits"] - want).abs().max() < 1e-5, where
+        seen.clear()
+        all_pos = capture(model, tokens, ["blocks.0.hook_attn_out"], return_logits=True)["logits"]
+        assert seen[-1] is None and torch.equal(all_pos, full)
+    finally:
+        handle.remove()
