@@ -44,7 +44,7 @@ the untrained control (`iclgd.analyses.control`), written with `model = "untrain
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -292,6 +292,7 @@ def compare_model(
             from iclgd.analyses.compare_dw import DeltaWComparison
 
             dw = DeltaWComparison(model, prompts, zs=zs, icl=icl)  # once per N, every method
+            icl = replace(icl, demo_token_inputs=None)  # now held as ΔW_ICL's factors
         for method in (m for m in wanted if m):
             # a full-model ΔW must not stay alive while the next trains: `cmp.method` holds the
             # ΔW and the FT run only in its own frame, released when it returns

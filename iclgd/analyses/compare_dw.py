@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -33,6 +34,7 @@ from iclgd.analyses.runs import PromptSet, RunCapture
 from iclgd.hooks.capture import capture
 from iclgd.hooks.edit import delta_tensors
 from iclgd.hooks.names import act_names
+from iclgd.hooks.types import AttentionWeights
 from iclgd.hooks.weights import attention_weights, hf_state_dict
 from iclgd.probes.delta_w import FactoredDelta, compare_delta_w, keys_values
 
@@ -82,6 +84,13 @@ def _demo_inputs(model: Any, prompts: PromptSet, icl: RunCapture | None) -> list
     return out
 
 
+def _kv_in_float64(w: AttentionWeights) -> AttentionWeights:
+    """`w` with its key/value weights and biases in float64 (what `keys_values` computes in)."""
+    def wide(t: Tensor | None) -> Tensor | None:
+        return None if t is None else t.double()
+    return replace(w, W_K=w.W_K.double(), W_V=w.W_V.double(), b_K=wide(w.b_K), b_V=wide(w.b_V))
+
+
 def _kv_changed(before: Any, after: Any) -> bool:
     for name in ("W_K", "W_V", "b_K", "b_V"):
         a, b = getattr(before, name), getattr(after, name)
@@ -107,13 +116,14 @@ class DeltaWComparison:
         self.base = [attention_weights(model, layer, params=self.base_state)
                      for layer in range(self.n_layers)]
         self.query_x = _query_inputs(model, prompts, zs)  # [row][layer] -> [n_query_tok, d]
-        self.implied: list[list[FactoredDelta]] = []
-        for x_row in _demo_inputs(model, prompts, icl):
-            implied = []
-            for layer in range(self.n_layers):
-                k, v = keys_values(self.base[layer], x_row[layer])
-                implied.append(FactoredDelta(v.transpose(-1, -2), k.transpose(-1, -2), layer))
-            self.implied.append(implied)
+        demo_x = _demo_inputs(model, prompts, icl)  # [row][layer] -> [n_demo_tok, d]
+        self.implied: list[list[FactoredDelta]] = [[] for _ in demo_x]
+        for layer in range(self.n_layers):  # layer by layer: its K/V weights widened once
+            w = _kv_in_float64(self.base[layer])
+            for row, x_row in enumerate(demo_x):
+                k, v = keys_values(w, x_row[layer])
+                self.implied[row].append(
+                    FactoredDelta(v.transpose(-1, -2), k.transpose(-1, -2), layer))
         groups: dict[tuple[Any, ...], list[int]] = {}  # queries whose factors share shapes
         for row in range(len(prompts)):
             shape = (int(prompts.query_len[row]), tuple(self.implied[row][0].left.shape))
