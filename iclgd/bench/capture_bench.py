@@ -3,8 +3,9 @@
 `ours` = `iclgd.hooks.capture(bridge, tokens, names, positions=-1, return_logits=True)` with
 the hooks `iclgd compare` reads per prompt (`blocks.{l}.hook_attn_out` and
 `blocks.{l}.attn.hook_attn_scores` of every layer, at the last position); `baseline` = the
-bridge's own Hugging Face module called plainly, `hf(tokens, use_cache=False)` under no_grad
-(same weights, same eager attention). TransformerLens' `run_with_cache` (every hook point,
+bridge's own Hugging Face module called plainly, `hf(tokens, use_cache=False,
+logits_to_keep=1)` under no_grad (same weights, same eager attention, and the logits at the one
+position capture returns, which it too computes alone). TransformerLens' `run_with_cache` (every hook point,
 every position) is measured alongside for scale: its memory must exceed the plain forward's.
 """
 
@@ -35,7 +36,7 @@ def variants(kind: str, batch: int, pos: int, tiny: bool, device: str) -> dict[s
 
     def plain() -> Any:
         with torch.no_grad():
-            return hf(tokens, use_cache=False).logits
+            return hf(tokens, use_cache=False, logits_to_keep=1).logits
 
     def hooked() -> Any:
         return capture(bridge, tokens, names, positions=-1, return_logits=True, to=None)

@@ -236,7 +236,7 @@ def _kept_logits(
     grid = torch.arange(seq).expand(batch, seq)[..., None]  # [batch, pos, 1]
     chosen = cut(grid)[..., 0]  # the positions each row keeps: [batch] or [batch, k]
     keep = chosen.unique()  # sorted
-    col = torch.searchsorted(keep, chosen)
+    col = torch.searchsorted(keep, chosen.contiguous())
     rows = torch.arange(batch).view(-1, *[1] * (chosen.ndim - 1))
     return keep, lambda t: t[rows.to(t.device), col.to(t.device)]
 
