@@ -359,6 +359,8 @@ def _update_in_backward(run: _Run) -> list[Any]:
     def hook(name: str) -> Callable[[Tensor], None]:
         def apply(p: Tensor) -> None:
             grad, p.grad = p.grad, None
+            if grad is None:  # the hook fires only once a gradient has been accumulated
+                return
             _update({name: p}, {name: grad}, run.masks, run.state, run.spec.optimizer, run.lr,
                     run.where)
         return apply
