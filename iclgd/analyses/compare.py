@@ -11,7 +11,8 @@ Metrics (tidy rows `{model, n_demos, method, metric, layer, value}`; `method` is
 metrics that involve no finetuning, `layer` empty for whole-model metrics):
 
 - `accuracy_zs`, `accuracy_icl`, `accuracy_ft` — top-1 over the full vocabulary = gold first
-  answer token (Shen);
+  answer token (Shen), each with its binomial standard error over queries (`..._se`,
+  `sqrt(p (1 − p) / n_queries)`);
 - `token_overlap` / `overlap_cosine` (K = `top_k`, default 10) ICL vs FT, and
   `token_overlap_floor` / `overlap_cosine_floor` — ICL vs ICL with the demonstrations in another
   (seeded random) order: the noise floor (trivially 1 for N = 1);
@@ -63,6 +64,7 @@ from iclgd.errors import IclgdError
 from iclgd.hooks.batching import BatchSize
 from iclgd.probes import metrics
 from iclgd.probes.finetune_methods import METHODS as METHOD_SPECS
+from iclgd.probes.icl import binomial_se
 
 if TYPE_CHECKING:
     from iclgd.analyses.compare_dw import DeltaWComparison
@@ -98,14 +100,20 @@ def _mean(x: Tensor, dim: int = 0) -> Tensor:
     return x.double().mean(dim)
 
 
+def _accuracy(name: str, correct: Tensor) -> dict[str, float]:
+    """`{name: mean, name_se: binomial SE}` of one run's 0/1 outcomes over queries."""
+    p = float(_mean(correct))
+    return {name: p, f"{name}_se": binomial_se(p, correct.numel())}
+
+
 def output_metrics(
     zs: RunCapture, icl: RunCapture, ft: RunCapture, *, top_k: int = 10
 ) -> dict[str, float]:
-    """Whole-model metrics of one FT run: FT accuracy, ICL-vs-FT token overlap and overlap
-    cosine (mean over queries), Rec2FTP."""
+    """Whole-model metrics of one FT run: FT accuracy (and its SE), ICL-vs-FT token overlap
+    and overlap cosine (mean over queries), Rec2FTP."""
     k = min(top_k, icl.logits.shape[-1])
     return {
-        "accuracy_ft": float(_mean(ft.correct)),
+        **_accuracy("accuracy_ft", ft.correct),
         "token_overlap": float(_mean(metrics.token_overlap(icl.probs, ft.probs, k))),
         "overlap_cosine": float(_mean(metrics.overlap_cosine(icl.probs, ft.probs, k))),
         "rec2ftp": float(metrics.rec2ftp(zs.correct, ft.correct, icl.correct)),
@@ -120,13 +128,13 @@ def setting_metrics(
     top_k: int = 10,
     generator: torch.Generator | None = None,
 ) -> dict[str, Any]:
-    """Metrics that involve no finetuning: ZS/ICL accuracy, the ICL-vs-reordered-ICL noise
-    floor of token overlap / overlap cosine, SimAM "before" (ZS vs ICL) and the SimAOU random
-    baselines per layer (tensors `[n_layers]`)."""
+    """Metrics that involve no finetuning: ZS/ICL accuracy (and their SEs), the
+    ICL-vs-reordered-ICL noise floor of token overlap / overlap cosine, SimAM "before" (ZS vs
+    ICL) and the SimAOU random baselines per layer (tensors `[n_layers]`)."""
     k = min(top_k, icl.logits.shape[-1])
     return {
-        "accuracy_zs": float(_mean(zs.correct)),
-        "accuracy_icl": float(_mean(icl.correct)),
+        **_accuracy("accuracy_zs", zs.correct),
+        **_accuracy("accuracy_icl", icl.correct),
         "token_overlap_floor": float(
             _mean(metrics.token_overlap(icl.probs, icl_reordered.probs, k))
         ),

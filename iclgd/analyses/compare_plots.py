@@ -104,7 +104,8 @@ def plot_vs_demos(
 
 
 def plot_accuracy(summary: Sequence[dict[str, Any]], *, title: str = "") -> Figure:
-    """ZS, ICL and FT accuracy against N: ZS and ICL as black/blue lines, FT per method."""
+    """ZS, ICL and FT accuracy against N: ZS and ICL (± its standard error over queries) as
+    black/blue lines, FT per method."""
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     methods = sorted({r["method"] for r in summary})
     for label in _labels(summary):
@@ -115,8 +116,9 @@ def plot_accuracy(summary: Sequence[dict[str, Any]], *, title: str = "") -> Figu
                     label=f"FT {method} ({label})")
         if methods:
             ref = sorted(_select(summary, model=label, method=methods[0]), key=lambda r: r["n_demos"])
-            ax.plot([r["n_demos"] for r in ref], [r["accuracy_icl"] for r in ref], style,
-                    marker="s", color="C0", linewidth=2, label=f"ICL ({label})")
+            ax.errorbar([r["n_demos"] for r in ref], [r["accuracy_icl"] for r in ref],
+                        yerr=[r.get("accuracy_icl_se", 0.0) for r in ref], fmt=style, marker="s",
+                        color="C0", linewidth=2, capsize=2, label=f"ICL ± SE ({label})")
             ax.plot([r["n_demos"] for r in ref], [r["accuracy_zs"] for r in ref], style,
                     color="black", label=f"ZS ({label})")
     ax.set_xscale("log", base=2)

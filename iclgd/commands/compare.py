@@ -325,11 +325,11 @@ def write_figures(out, rows, summary, *, title: str) -> None:
 
 def print_summary(summary, out) -> None:
     """The summary as a fixed-width table."""
-    cols = ("accuracy_zs", "accuracy_icl", "accuracy_ft", "token_overlap", "token_overlap_floor",
+    cols = ("accuracy_zs", "accuracy_icl", "accuracy_icl_se", "accuracy_ft", "token_overlap", "token_overlap_floor",
             "overlap_cosine", "simaou_norm", "simaou_random_norm", "simaou_raw", "simam_before",
             "simam_after", "simam_delta", "kendall_tau", "kendall_tau_random", "rec2ftp",
             "dw_cosine")
-    short = ("zs", "icl", "ft", "TO", "TO_fl", "OCS", "AOU", "AOU_r", "AOUraw", "AM_bef", "AM_aft",
+    short = ("zs", "icl", "icl_se", "ft", "TO", "TO_fl", "OCS", "AOU", "AOU_r", "AOUraw", "AM_bef", "AM_aft",
              "AM_d", "tau", "tau_r", "rec2ftp", "dW_cos")
     print(f"{'model':<9} {'N':>3} {'method':<12}" + "".join(f" {s:>7}" for s in short))
     for r in summary:

@@ -137,6 +137,12 @@ def test_compare_model_rows_and_summary(neox, sets):
               "kendall_tau_examples", "topk_recall_tokens", "topk_recall_examples_random",
               "kendall_tau_dual_form", "n_f2t", "simaou_norm_f2t", "simam_after_f2t"):
         assert m in metrics, m
+    # each accuracy comes with its binomial standard error over the queries
+    for r in (r for r in rows if r["metric"] in ("accuracy_icl", "accuracy_ft")):
+        se = next(s for s in rows if s["metric"] == r["metric"] + "_se"
+                  and (s["n_demos"], s["method"]) == (r["n_demos"], r["method"]))
+        n_q = len(sets[r["n_demos"]].icl)
+        assert se["value"] == pytest.approx((r["value"] * (1 - r["value"]) / n_q) ** 0.5, abs=1e-12)
     # N = 1 cannot be reordered: the noise floor is exactly 1
     floor1 = [r for r in rows if r["metric"] == "token_overlap_floor" and r["n_demos"] == 1]
     assert floor1[0]["value"] == 1.0
