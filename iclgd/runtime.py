@@ -35,3 +35,24 @@ def keep_freed_memory() -> bool:
     ok = bool(mallopt(_M_MMAP_THRESHOLD, 1 << 30)) and bool(mallopt(_M_TRIM_THRESHOLD, 1 << 31))
     _applied = ok
     return ok
+
+
+class _Mallinfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+        "fordblks", "keepcost")]
+
+
+def heap_free_bytes() -> int:
+    """Bytes this process has freed but keeps in its glibc heap (`mallinfo2().fordblks`): memory
+    a new allocation reuses without asking the kernel, which the kernel's `MemAvailable` does not
+    count once `keep_freed_memory()` holds it. 0 off glibc 2.33+."""
+    name = ctypes.util.find_library("c")
+    if not name:
+        return 0
+    try:
+        mallinfo2 = ctypes.CDLL(name).mallinfo2
+    except (OSError, AttributeError):
+        return 0
+    mallinfo2.restype = _Mallinfo2
+    return int(mallinfo2().fordblks)

@@ -22,6 +22,7 @@ dependent.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -31,7 +32,8 @@ from torch import Tensor
 from iclgd.analyses.runs import DEFAULT_BATCH, PromptSet, run_finetuned, run_icl
 from iclgd.data.tasks import TokenizedDemos
 from iclgd.errors import IclgdError
-from iclgd.hooks.batching import BatchSize
+from iclgd.hooks.batching import BatchSize, available_memory, model_device
+from iclgd.probes.finetune import WeightDelta, finetune_batched_epochs, task_bytes
 from iclgd.probes.metrics import order_sensitivity
 
 
@@ -120,21 +122,37 @@ def ft_distributions_by_epoch(
     seed: int = 0,
     layer: int | None = None,
     batch_size: BatchSize = DEFAULT_BATCH,
+    orderings_per_run: int | None = None,
 ) -> dict[int, Tensor]:
     """`ft_distributions` after each epoch count in `epochs`, `{e: [P, batch, d_vocab]}`, from
-    one finetuning run of `max(epochs)` epochs (`finetune_batched_epochs`: each snapshot equals
-    a separate run of that length; only one snapshot's deltas are held at a time)."""
-    from iclgd.probes.finetune import WeightDelta, finetune_batched_epochs
+    finetuning runs of `max(epochs)` epochs (`finetune_batched_epochs`: each snapshot equals
+    a separate run of that length; only one snapshot's deltas are held at a time), each over
+    `orderings_per_run` orderings at once (default: all of them; `orderings_that_fit` sizes it
+    to memory). The orderings' runs are independent, so the grouping changes float rounding
+    only."""
+    per_run = len(orders) if orderings_per_run is None else max(1, orderings_per_run)
+    parts: dict[int, list[Tensor]] = {}
+    for lo in range(0, len(orders), per_run):
+        _finetune_orderings(model, prompts, orders[lo : lo + per_run], parts, method=method,
+                            lr=lr, epochs=epochs, seed=seed, layer=layer, batch_size=batch_size)
+    return {e: torch.cat(d) for e, d in parts.items()}
 
+
+def _finetune_orderings(
+    model: Any, prompts: PromptSet, orders: Sequence[Sequence[int]],
+    parts: dict[int, list[Tensor]], *, method: str, lr: float, epochs: Sequence[int], seed: int,
+    layer: int | None, batch_size: BatchSize,
+) -> None:
+    """One `finetune_batched_epochs` run over `orders`; appends each epoch's `[len(orders),
+    batch, d_vocab]` distributions to `parts[e]`."""
     n = len(prompts)
-    out: dict[int, Tensor] = {}
 
     def evaluate(e: int, deltas: list[WeightDelta]) -> None:
         dists = []
         for p in range(len(orders)):
             d = deltas[p * n : (p + 1) * n] if prompts.per_query_demos else deltas[p]
             dists.append(run_finetuned(model, prompts, d, batch_size=batch_size).probs)
-        out[e] = torch.stack(dists)
+        parts.setdefault(e, []).append(torch.stack(dists))
 
     finetune_batched_epochs(
         model,
@@ -146,7 +164,26 @@ def ft_distributions_by_epoch(
         seed=seed,
         layer=layer if method == "wv-layer" else None,
     )
-    return out
+
+
+def orderings_that_fit(
+    model: Any, prompts: PromptSet, method: str, n_perms: int, *, layer: int | None = None,
+    share: float = 0.8,
+) -> int:
+    """How many orderings one finetuning run trains at once: all `n_perms`, unless their trained
+    copies (`task_bytes` per task; one task per ordering, or one per query and ordering with
+    per-query demonstrations) would take more than `share` of the memory the model's device
+    has free (`available_memory`); at least 1."""
+    free = available_memory(model_device(model))
+    if free is None:
+        return n_perms
+    tasks = len(prompts) if prompts.per_query_demos else 1
+    need = task_bytes(model, method, layer if method == "wv-layer" else None) * tasks
+    return max(1, min(n_perms, int(share * free) // need))
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr)
 
 
 def _summary(dists: Tensor) -> tuple[float, float]:
@@ -169,11 +206,15 @@ def order_experiment(
     label: str = "trained",
     progress: Callable[[str], None] | None = None,
     batch_size: BatchSize = DEFAULT_BATCH,
+    orderings_per_run: int | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Order sensitivity of ICL and of each method after each epoch count of
     `epoch_grid(epochs)`. Returns tidy rows `{model, n_demos, n_perms, setting, method, epoch,
     order_sensitivity, se}` (`se` = standard error over queries; `setting` "icl" has method
-    "" and epoch 0). `batch_size`: prompts per forward pass, or "auto"."""
+    "" and epoch 0). `batch_size`: prompts per forward pass, or "auto". `orderings_per_run`:
+    orderings finetuned at once (default: per method, as many as fit in memory,
+    `orderings_that_fit`; `log` reports a split, default one line on stderr)."""
     orders = orderings(prompts.icl.n_demos, n_perms, seed=seed)
     wv_layer = int(model.cfg.n_layers) // 2 if wv_layer is None else wv_layer
     base = {"model": label, "n_demos": prompts.icl.n_demos, "n_perms": n_perms}
@@ -183,9 +224,14 @@ def order_experiment(
     ]
     grid = epoch_grid(epochs)
     for method in methods:
+        per_run = orderings_per_run or orderings_that_fit(model, prompts, method, n_perms,
+                                                          layer=wv_layer)
+        if per_run < n_perms:
+            (log or _stderr)(f"iclgd: order: {method} finetunes {per_run} of the {n_perms} "
+                             "orderings at a time (what fits in free memory)")
         by_epoch = ft_distributions_by_epoch(
             model, prompts, orders, method, lr=lr[method], epochs=grid, seed=seed,
-            layer=wv_layer, batch_size=batch_size,
+            layer=wv_layer, batch_size=batch_size, orderings_per_run=per_run,
         )
         for e in grid:
             mean, se = _summary(by_epoch[e])

@@ -24,6 +24,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="epochs of each --lr auto trial (default 1; the run's --epochs is "
                         "slower but matches the longest snapshot)")
     p.add_argument("--perms", type=int, default=10, help="orderings P (default 10)")
+    p.add_argument("--perms-per-run", type=int, default=None,
+                   help="orderings finetuned at once (default: as many as fit in the device's "
+                        "free memory; each holds three copies of the trained weights, five "
+                        "with Adam); fewer is slower, the numbers change by float rounding only")
     p.add_argument("--out", default="results/order", help="output folder (default results/order)")
     p.set_defaults(func=run)
 
@@ -46,6 +50,8 @@ def run(args: argparse.Namespace) -> int:
     from iclgd.results import save_figure, to_json, write_csv, write_json
 
     counts = sorted(set(parse_ints(args.demos, "--demos")))
+    if args.perms_per_run is not None and args.perms_per_run < 1:
+        raise IclgdError(f"--perms-per-run must be >= 1, got {args.perms_per_run}")
     if len(counts) != 1:
         raise IclgdError(f"order takes one number of demonstrations (--demos 8), got {counts}")
     batch = parse_batch_size(args.batch_size)
@@ -60,8 +66,9 @@ def run(args: argparse.Namespace) -> int:
             rows += order_experiment(m, prompts, methods, n_perms=args.perms, epochs=args.epochs,
                                      lr=lr, seed=args.seed, wv_layer=args.wv_layer, label=label,
                                      progress=lambda msg: (bar.set_postfix_str(msg), bar.update(1)),
-                                     batch_size=batch)
-    settings = {"demos": n, "perms": args.perms, "methods": methods, "lr": lr,
+                                     batch_size=batch, orderings_per_run=args.perms_per_run)
+    settings = {"demos": n, "perms": args.perms, "perms_per_run": args.perms_per_run or "auto",
+                "methods": methods, "lr": lr,
                 "epochs": args.epochs, "epoch_grid": grid, **control, **info}
     out = Path(args.out)
     write_csv(out / "order.csv", rows)

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import torch
 
 from iclgd.errors import IclgdError
+from iclgd.runtime import heap_free_bytes
 
 T = TypeVar("T")
 AUTO = "auto"
@@ -76,6 +77,25 @@ def model_device(model: Any) -> torch.device:
     except (StopIteration, AttributeError):
         return torch.device("cpu")
     return torch.device("cpu") if dev.type == "meta" else dev
+
+
+def available_memory(device: torch.device | str) -> int | None:
+    """Bytes the device can still hand out: free GPU memory on CUDA (`torch.cuda.mem_get_info`);
+    on a Linux CPU `MemAvailable` of `/proc/meminfo` plus what this process's heap holds freed
+    (`iclgd.runtime.heap_free_bytes`); None where neither is known."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    if device.type != "cpu":
+        return None
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024 + heap_free_bytes()
+    except OSError:
+        return None
+    return None
 
 
 def run_batched(

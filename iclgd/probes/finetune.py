@@ -176,6 +176,18 @@ def finetune_batched(
     return out
 
 
+def task_bytes(model: nn.Module, method: str, layer: int | None = None) -> int:
+    """Bytes one task of `finetune_batched` holds while it trains with `method`: its copy of the
+    trained tensors in their accumulation dtype (float32 master weights for bf16/fp16), their
+    gradient and one snapshot's delta, and for Adam its two moment estimates (Kingma & Ba,
+    2015, Algorithm 1). Activations are not counted (a few sequences of a few tokens)."""
+    spec = method_spec(method)
+    named = dict(hf_module(model).named_parameters())
+    per_copy = sum(named[n].numel() * wide_dtype(named[n].dtype).itemsize
+                   for n in trainable_parameters(hf_module(model), spec, layer))
+    return per_copy * (3 + (2 if spec.optimizer == "adam" else 0))
+
+
 def finetune_batched_epochs(
     model: nn.Module,
     demonstrations_batch: TokenizedDemos | Sequence[TokenizedDemos],

@@ -8,12 +8,15 @@ from math import factorial
 import pytest
 import torch
 
+from iclgd.analyses import order as order_mod
 from iclgd.analyses.order import (
     epoch_grid,
     ft_distributions,
+    ft_distributions_by_epoch,
     icl_distributions,
     order_experiment,
     orderings,
+    orderings_that_fit,
 )
 from iclgd.analyses.prompt_sets import text_prompt_sets
 from iclgd.analyses.runs import run_icl
@@ -21,6 +24,7 @@ from iclgd.cli import main
 from iclgd.data.tasks import Example, Task, Template
 from iclgd.errors import IclgdError
 from iclgd.hooks import load_model
+from iclgd.probes.finetune import task_bytes
 from iclgd.probes.metrics import order_sensitivity
 
 
@@ -79,6 +83,36 @@ def test_order_experiment_rows(neox, prompts):
     assert all(r["n_demos"] == 4 and r["n_perms"] == 3 for r in rows)
 
 
+def test_orderings_in_groups_equal_one_run(neox, prompts):
+    """Finetuning the orderings a few at a time gives the all-at-once distributions."""
+    orders = orderings(4, 5, seed=2)
+    kw = {"lr": 1e-2, "epochs": [1, 2]}
+    whole = ft_distributions_by_epoch(neox, prompts, orders, "adam", **kw)
+    split = ft_distributions_by_epoch(neox, prompts, orders, "adam", orderings_per_run=2, **kw)
+    assert sorted(split) == [1, 2]
+    for e in (1, 2):
+        assert split[e].shape == whole[e].shape == (5, 3, 64)
+        torch.testing.assert_close(split[e], whole[e], atol=1e-6, rtol=0)
+
+
+def test_orderings_that_fit_memory(neox, prompts, monkeypatch):
+    need = task_bytes(neox, "adam")
+    monkeypatch.setattr(order_mod, "available_memory", lambda device: int(3.5 * need / 0.8))
+    assert orderings_that_fit(neox, prompts, "adam", 10) == 3  # floor(0.8 × free / need)
+    assert orderings_that_fit(neox, prompts, "adam", 2) == 2  # never more than asked
+    monkeypatch.setattr(order_mod, "available_memory", lambda device: 1)
+    assert orderings_that_fit(neox, prompts, "adam", 10) == 1  # at least one
+    monkeypatch.setattr(order_mod, "available_memory", lambda device: None)
+    assert orderings_that_fit(neox, prompts, "adam", 10) == 10  # unknown: all at once
+    logged: list[str] = []
+    monkeypatch.setattr(order_mod, "available_memory", lambda device: int(2 * need / 0.8))
+    rows = order_experiment(neox, prompts, ["adam"], n_perms=3, epochs=1, lr={"adam": 1e-2},
+                            log=logged.append)
+    assert logged == ["iclgd: order: adam finetunes 2 of the 3 orderings at a time "
+                      "(what fits in free memory)"]
+    assert rows[1]["order_sensitivity"] > 1e-5
+
+
 def test_order_cli_end_to_end(tiny_models, tmp_path, capsys):
     task = tmp_path / "pairs.jsonl"
     task.write_text("".join(json.dumps({"input": f"w{i}", "output": f"w{i + 20}"}) + "\n"
@@ -94,9 +128,13 @@ def test_order_cli_end_to_end(tiny_models, tmp_path, capsys):
         assert (out / name).stat().st_size > 0, name
     saved = json.loads((out / "order.json").read_text())
     assert saved["settings"]["epoch_grid"] == [1, 2]
+    assert saved["settings"]["perms_per_run"] == "auto"
     assert saved["provenance"]["model"] == str(tiny_models["neox"])
     gd = [r for r in saved["rows"] if r["method"] == "gd"]
     assert all(r["order_sensitivity"] < 1e-5 for r in gd)
     assert main(["order", "--model", str(tiny_models["neox"]), "--task", str(task), "--demos",
                  "2,4", "--out", str(tmp_path / "x")]) == 2
     assert "one number of demonstrations" in capsys.readouterr().err
+    assert main(["order", "--model", str(tiny_models["neox"]), "--task", str(task), "--demos",
+                 "4", "--perms-per-run", "0", "--out", str(tmp_path / "y")]) == 2
+    assert "--perms-per-run must be >= 1" in capsys.readouterr().err

@@ -77,3 +77,31 @@ def test_icl_probes_with_injected_oom_match_fixed_batches(tiny_models, monkeypat
     score = icl_score(model, tokens, early=4, late=30, batch_size=auto)
     assert score.score == pytest.approx(want_score.score, abs=1e-12)
     assert len(logs) == 2  # the remembered size fits: no new back-off
+
+
+def test_available_memory_counts_the_heap_it_keeps():
+    """On a Linux CPU: the kernel's MemAvailable plus the process's freed-but-kept heap."""
+    import ctypes
+    import ctypes.util
+    import sys
+
+    from iclgd.hooks.batching import available_memory
+    from iclgd.runtime import heap_free_bytes
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("reads /proc/meminfo")
+    with open("/proc/meminfo") as f:
+        kernel = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable"))
+    got = available_memory("cpu")
+    assert got is not None and abs(got - kernel - heap_free_bytes()) < 256 << 20
+    libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    if not hasattr(libc, "mallinfo2"):
+        pytest.skip("glibc < 2.33")
+    libc.malloc.restype = ctypes.c_void_p
+    libc.free.argtypes = [ctypes.c_void_p]
+    blocks = [libc.malloc(16 << 10) for _ in range(257)]  # below the mmap threshold: heap
+    before = heap_free_bytes()
+    for b in blocks[:-1]:  # the last one keeps the freed space from being trimmed
+        libc.free(b)
+    assert heap_free_bytes() - before >= 256 * (16 << 10) * 0.9
+    libc.free(blocks[-1])

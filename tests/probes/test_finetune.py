@@ -228,3 +228,21 @@ def test_kv_on_other_layouts(family):
     w0, w1 = _kv_rows_changed(hf)
     assert torch.equal(w0.W_Q, w1.W_Q) and torch.equal(w0.W_O, w1.W_O)
     assert (w1.W_K - w0.W_K).abs().max() > 1e-7 and (w1.W_V - w0.W_V).abs().max() > 1e-4
+
+
+def test_task_bytes_counts_trained_copies_and_adam_moments(tiny_models):
+    """One task holds its trained tensors, their gradient and a snapshot delta (3 copies), and
+    Adam's two moments (5 copies); kv finetuning counts only the keys and values."""
+    from iclgd.hooks import load_model
+    from iclgd.hooks.weights import hf_module
+    from iclgd.probes.finetune import task_bytes
+    from iclgd.probes.finetune_methods import method_spec, trainable_parameters
+
+    model = load_model(tiny_models["neox"], device="cpu")
+    hf = hf_module(model)
+    named = dict(hf.named_parameters())
+    every = sum(p.numel() * 4 for p in named.values())  # float32
+    assert task_bytes(model, "sgd") == 3 * every
+    assert task_bytes(model, "adam") == 5 * every
+    kv = sum(named[n].numel() * 4 for n in trainable_parameters(hf, method_spec("kv")))
+    assert 0 < kv < every and task_bytes(model, "kv") == 3 * kv
