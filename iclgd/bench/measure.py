@@ -190,12 +190,14 @@ class Call:
 
 @dataclass(frozen=True)
 class Update:
-    """One finetuning update: the optimizer (`sgd` or `adam`), its rate and the HF names of
-    the tensors it changed."""
+    """One finetuning update: the optimizer (`sgd` or `adam`), its rate, the HF names of the
+    tensors it changed, and whether its loss reads every layer out (Deutch et al.'s
+    layer-causal finetuning) rather than the final logits only."""
 
     optimizer: str
     lr: float
     trained: tuple[str, ...]
+    layer_causal: bool = False
 
 
 @contextmanager
@@ -207,7 +209,8 @@ def record_updates() -> Iterator[list[Update]]:
     original = ft._step
 
     def spy(run: Any, *args: Any) -> None:
-        updates.append(Update(run.spec.optimizer, float(run.lr), tuple(run.params)))
+        updates.append(Update(run.spec.optimizer, float(run.lr), tuple(run.params),
+                              bool(run.spec.layer_causal)))
         original(run, *args)
 
     ft._step = spy  # type: ignore[assignment]
@@ -262,9 +265,24 @@ def plain_replay(hf: Any, calls: list[Call], vocab: int, seed: int = 0,
     gradients flow to every parameter and nothing is updated; with them (one per grad call, in
     order, `record_updates`) only the updated tensors get gradients and each step ends with
     PyTorch's own optimizer on them (`torch.optim.SGD`, or `torch.optim.Adam` with its fused
-    kernel), a new optimizer whenever the optimizer or the trained set changes (a new run)."""
+    kernel), a new optimizer whenever the optimizer or the trained set changes (a new run). A
+    layer-causal update's loss is the per-layer read-out cross-entropy summed over layers (each
+    layer's input detached: `layer_causal_hooks`), the arithmetic that method must do."""
     import torch
     import torch.nn.functional as F
+
+    from iclgd.probes.finetune_methods import layer_causal_hooks
+
+    def ce(logits: Any, tokens: Any) -> Any:
+        return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
+                               tokens[:, 1:].reshape(-1))
+
+    def loss(tokens: Any, layer_causal: bool) -> Any:
+        if not layer_causal:
+            return ce(hf(tokens, use_cache=False).logits, tokens)
+        with layer_causal_hooks(hf) as readouts:
+            hf(tokens, use_cache=False, logits_to_keep=1)
+            return sum(ce(lg, tokens) for lg in readouts)
 
     g = torch.Generator().manual_seed(seed)
     device = next(hf.parameters()).device
@@ -295,9 +313,7 @@ def plain_replay(hf: Any, calls: list[Call], vocab: int, seed: int = 0,
             if u is not None:
                 last = optimizer_for(u, last)
             for _ in range(c.vmapped):
-                logits = hf(tokens, use_cache=False).logits[:, :-1]
-                F.cross_entropy(logits.reshape(-1, logits.shape[-1]),
-                                tokens[:, 1:].reshape(-1)).backward()
+                loss(tokens, u is not None and u.layer_causal).backward()
                 if u is not None:
                     last[1].step()
                 hf.zero_grad(set_to_none=True)

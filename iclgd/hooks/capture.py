@@ -118,7 +118,8 @@ def _positions_of(positions: PositionsArg, name: str, batch: int) -> Positions:
 
 def resolve_names(model: HookedModel, names: Names) -> list[str]:
     """Expand a name filter into the model's hook-point names; unknown names raise."""
-    available = list(model.hook_dict.keys())
+    hooks = model.hook_dict  # a bridge rebuilds this dict on every access: read it once
+    available = list(hooks)
     if callable(names):
         chosen = [n for n in available if names(n)]
         if not chosen:
@@ -129,7 +130,7 @@ def resolve_names(model: HookedModel, names: Names) -> list[str]:
     names = list(names)
     if not names:
         raise IclgdError("no hook names given: pass e.g. ['blocks.0.hook_attn_out']")
-    missing = [n for n in names if n not in model.hook_dict]
+    missing = [n for n in names if n not in hooks]
     if missing:
         hint = difflib.get_close_matches(missing[0], available, n=3)
         raise IclgdError(

@@ -80,10 +80,23 @@ def hf_module(model: nn.Module) -> nn.Module:
     Built on the meta device and filled with `hf_state_dict(model)` by assignment, so no weight
     is copied. Use it for `torch.func.functional_call` (finetuning baselines): its parameter
     names are the HF names that `attention_weights(..., params=...)` reads. Attention is eager.
+    The plain model is kept on the bridge and rebuilt only when a weight or buffer of the bridge
+    has been replaced or moved (another tensor or storage), so repeated calls cost nothing.
     """
     hf = getattr(model, "original_model", None)
     if hf is None:
         return model
+    key = tuple((id(t), t.data_ptr()) for t in (*hf.parameters(), *hf.buffers()))
+    cached = getattr(hf, "_iclgd_plain", None)
+    if cached is not None and cached[0] == key:
+        return cached[1].eval()
+    plain = _plain_copy(model, hf)
+    object.__setattr__(hf, "_iclgd_plain", (key, plain))  # not a registered submodule
+    return plain
+
+
+def _plain_copy(model: nn.Module, hf: nn.Module) -> nn.Module:
+    """The plain HF model of `hf_module`, built afresh."""
     from transformers import AutoModelForCausalLM
 
     cfg = hf.config

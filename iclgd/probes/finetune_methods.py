@@ -182,9 +182,12 @@ def make_loss(
     def loss(trainable: dict[str, Tensor], tokens: Tensor, target: Tensor) -> Tensor:
         if collected is not None:
             collected.clear()
-        out = functional_call(hf, {**frozen, **trainable}, (tokens,), {"use_cache": False})
         if collected is None:
+            out = functional_call(hf, {**frozen, **trainable}, (tokens,), {"use_cache": False})
             return masked_ce(out.logits, tokens, target)
+        # the read-outs carry the loss: the final logits are needed at no position
+        functional_call(hf, {**frozen, **trainable}, (tokens,),
+                        {"use_cache": False, "logits_to_keep": 1})
         return torch.stack([masked_ce(lg, tokens, target) for lg in collected]).sum()
 
     return loss

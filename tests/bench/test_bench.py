@@ -55,6 +55,15 @@ def test_updates_recorded_and_replayed_on_the_trained_tensors_only() -> None:
     plain_replay(hf, calls, 100, updates=updates)()
     changed = {n for n, p in hf.named_parameters() if not torch.equal(p, before[n])}
     assert changed and changed <= set(delta.deltas)
+    assert not any(u.layer_causal for u in updates)
+    # layer-causal finetuning is replayed with its per-layer read-out loss
+    with record_lm_calls() as calls, record_updates() as updates:
+        delta = finetune(model, demos, method="layer-causal", lr=1e-2)
+    assert updates and all(u.layer_causal for u in updates)
+    before = {n: p.detach().clone() for n, p in hf.named_parameters()}
+    plain_replay(hf, calls, 100, updates=updates)()
+    changed = {n for n, p in hf.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and changed <= set(delta.deltas)
 
 
 def test_row_targets() -> None:

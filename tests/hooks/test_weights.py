@@ -99,6 +99,25 @@ def test_params_override_and_plain_module(tiny_models):
     assert torch.allclose(delta[0], torch.ones(D, DH)) and delta[1:].abs().sum() == 0
 
 
+def test_plain_module_is_kept_until_a_weight_is_replaced(tiny_models):
+    """`hf_module` returns the same plain model while the bridge's tensors are unchanged and a
+    fresh one, with the new weights, once a tensor is replaced."""
+    from iclgd.hooks import finetuned
+
+    model = load_model(tiny_models["neox"], device="cpu")
+    plain = hf_module(model)
+    assert hf_module(model) is plain
+    key = "gpt_neox.layers.1.attention.query_key_value.weight"
+    bump = {key: torch.full_like(dict(plain.named_parameters())[key], 0.5)}
+    with finetuned(model, bump):  # swaps a new W + ΔW tensor into the bridge
+        inside = hf_module(model)
+        assert inside is not plain
+        assert torch.equal(dict(inside.named_parameters())[key],
+                           dict(plain.named_parameters())[key] + 0.5)
+    after = hf_module(model)
+    assert torch.equal(dict(after.named_parameters())[key], dict(plain.named_parameters())[key])
+
+
 def test_layer_out_of_range(tiny_models):
     with pytest.raises(IclgdError, match="out of range"):
         attention_weights(load_model(tiny_models["gpt2"], device="cpu"), 5)
