@@ -16,7 +16,7 @@ attention_weights(m, l).W_K`).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from einops import rearrange
@@ -95,7 +95,7 @@ def hf_module(model: nn.Module) -> nn.Module:
     return plain
 
 
-def _plain_copy(model: nn.Module, hf: nn.Module) -> nn.Module:
+def _plain_copy(model: nn.Module, hf: Any) -> nn.Module:
     """The plain HF model of `hf_module`, built afresh."""
     from transformers import AutoModelForCausalLM
 
