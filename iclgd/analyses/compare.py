@@ -180,7 +180,11 @@ def kendall_per_layer(icl: RunCapture, ft: RunCapture) -> Tensor:
     if icl.demo_attention is None or ft.attn_in is None or ft.demo_inputs is None:
         return torch.full((n_layers,), float("nan"), dtype=torch.float64)
     a_icl = icl.demo_attention.double().mean(2)  # [batch, n_layers, n_tok]
-    a_ft = torch.einsum("bltd,bld->blt", ft.demo_inputs.double(), ft.attn_in.double())
+    # layer by layer: the training-token inputs are shared by the queries (an expanded view),
+    # so widening them all at once would hold one float64 copy per query and layer
+    a_ft = torch.stack([torch.einsum("btd,bd->bt", ft.demo_inputs[:, layer].double(),
+                                     ft.attn_in[:, layer].double())
+                        for layer in range(ft.demo_inputs.shape[1])], 1)
     if a_icl.shape != a_ft.shape:
         return torch.full((n_layers,), float("nan"), dtype=torch.float64)
     return _mean(metrics.kendall_tau(_ties(a_icl), _ties(a_ft)))

@@ -37,7 +37,9 @@ from iclgd.probes import metrics
 from iclgd.probes.training_attention import (
     DAI_TOP_K_EXAMPLES,
     DAI_TOP_K_TOKENS,
-    training_attention_metrics,
+    attention_agreement,
+    ft_training_attention,
+    icl_training_attention,
 )
 
 TRAINING_ATTENTION_METRICS = (
@@ -120,11 +122,16 @@ def training_attention_layers(
     icl_idx, ft_idx, lengths = aligned
     s = icl.demo_scores
     scores = s.gather(-1, icl_idx[:, None, None, :].expand(*s.shape[:3], icl_idx.shape[-1]))
-    q = ft.demo_queries
-    q_train = q.gather(2, ft_idx[:, None, :, None].expand(q.shape[0], q.shape[1], -1, q.shape[-1]))
-    d_head = ft.query_q.shape[-1] // s.shape[2]
-    got = training_attention_metrics(
-        scores, ft.query_q, q_train, lengths[:, None, :], scale=1.0 / d_head,
+    q, q_query = ft.demo_queries, ft.query_q
+    idx = ft_idx[:, :, None].expand(-1, -1, q.shape[-1])
+    d_head = q_query.shape[-1] // s.shape[2]
+    # layer by layer: the training tokens' queries are shared by every query (an expanded
+    # view), so gathering and widening all layers at once would copy them per query
+    ft_attn = torch.stack([
+        ft_training_attention(q_query[:, layer], q[:, layer].gather(1, idx), scale=1.0 / d_head)
+        for layer in range(q.shape[1])], 1)
+    got = attention_agreement(
+        icl_training_attention(scores), ft_attn, lengths[:, None, :],
         k_tokens=DAI_TOP_K_TOKENS, k_examples=DAI_TOP_K_EXAMPLES, generator=generator,
     )
     return {name: got[name].mean(0) for name in TRAINING_ATTENTION_METRICS}

@@ -65,9 +65,10 @@ def _query_inputs(model: Any, prompts: PromptSet, zs: RunCapture | None) -> list
     return out
 
 
-def _demo_inputs(model: Any, prompts: PromptSet, icl: RunCapture | None) -> list[list[Tensor]]:
-    """`[row][layer] → [n_demo_tokens, d_model]` (float64) of the ICL prompts' demonstration
-    tokens: from `icl.demo_token_inputs` when captured, else by one batched capture."""
+def _demo_inputs(model: Any, prompts: PromptSet, icl: RunCapture | None) -> list[Tensor]:
+    """`[row] → [n_layers, n_demo_tokens, d_model]` (the run's dtype; widened per layer where
+    used) of the ICL prompts' demonstration tokens: from `icl.demo_token_inputs` when captured,
+    else by one batched capture."""
     n_layers = int(model.cfg.n_layers)
     captured = icl is not None and icl.demo_token_inputs is not None
     x = None if captured else _layer_inputs(model, prompts.icl.tokens, prompts.icl.lengths,
@@ -77,10 +78,9 @@ def _demo_inputs(model: Any, prompts: PromptSet, icl: RunCapture | None) -> list
         spans = prompts.icl.demo_spans[row].tolist()
         dpos = torch.cat([torch.arange(s, e) for s, e in spans])
         if captured:  # captured from the first demonstration token on
-            got = icl.demo_token_inputs[row, :, dpos - spans[0][0]]  # type: ignore[union-attr]
-            out.append([got[layer].double() for layer in range(n_layers)])
+            out.append(icl.demo_token_inputs[row, :, dpos - spans[0][0]])  # type: ignore[union-attr]
         else:
-            out.append([x[layer][row, dpos].double() for layer in range(n_layers)])  # type: ignore[index]
+            out.append(torch.stack([x[layer][row, dpos] for layer in range(n_layers)]))  # type: ignore[index]
     return out
 
 
@@ -116,21 +116,32 @@ class DeltaWComparison:
         self.base = [attention_weights(model, layer, params=self.base_state)
                      for layer in range(self.n_layers)]
         self.query_x = _query_inputs(model, prompts, zs)  # [row][layer] -> [n_query_tok, d]
-        demo_x = _demo_inputs(model, prompts, icl)  # [row][layer] -> [n_demo_tok, d]
-        self.implied: list[list[FactoredDelta]] = [[] for _ in demo_x]
-        for layer in range(self.n_layers):  # layer by layer: its K/V weights widened once
-            w = _kv_in_float64(self.base[layer])
-            for row, x_row in enumerate(demo_x):
-                k, v = keys_values(w, x_row[layer])
-                self.implied[row].append(
-                    FactoredDelta(v.transpose(-1, -2), k.transpose(-1, -2), layer))
-        groups: dict[tuple[Any, ...], list[int]] = {}  # queries whose factors share shapes
+        demo_x = _demo_inputs(model, prompts, icl)  # [row] -> [n_layers, n_demo_tok, d]
+        groups: dict[tuple[int, int], list[int]] = {}  # queries whose factors share shapes
         for row in range(len(prompts)):
-            shape = (int(prompts.query_len[row]), tuple(self.implied[row][0].left.shape))
+            shape = (int(prompts.query_len[row]), int(demo_x[row].shape[1]))
             groups.setdefault(shape, []).append(row)
         self.groups = list(groups.values())
+        self._slot = {r: (g, i) for g, rows in enumerate(self.groups) for i, r in enumerate(rows)}
+        # ΔW_ICL per layer and group, stacked on a leading query axis, held once: kept, so its
+        # norms and subspaces (memoised by `FactoredDelta`) are computed once for every method
+        self._implied: list[list[FactoredDelta]] = []  # [layer][group]
+        for layer in range(self.n_layers):  # layer by layer: its K/V weights widened once
+            w = _kv_in_float64(self.base[layer])
+            stacks = []
+            for rows in self.groups:
+                k, v = keys_values(w, torch.stack([demo_x[r][layer] for r in rows]).double())
+                stacks.append(FactoredDelta(v.transpose(-1, -2).contiguous(),
+                                            k.transpose(-1, -2).contiguous(), layer))
+            self._implied.append(stacks)
         self._base_kv: dict[tuple[int, tuple[int, ...]], tuple[Tensor, Tensor]] = {}
         self._stacks: dict[tuple[int, tuple[int, ...]], FactoredDelta] = {}
+
+    def implied(self, row: int, layer: int) -> FactoredDelta:
+        """ΔW_ICL of query `row` at `layer` (views of the stacked factors)."""
+        group, i = self._slot[row]
+        f = self._implied[layer][group]
+        return FactoredDelta(f.left[i], f.right[i], layer)
 
     def _after(self, delta: Any) -> list[Any]:
         state = _Updated(self.base_state, delta_tensors(delta))
@@ -149,13 +160,17 @@ class DeltaWComparison:
                              torch.cat([k2, k], -2).transpose(-1, -2), layer)
 
     def _implied_stack(self, layer: int, rows: list[int]) -> FactoredDelta:
-        """ΔW_ICL of `layer` for `rows`, stacked; kept, so its norms and subspaces (memoised by
-        `FactoredDelta`) are computed once for every method."""
+        """ΔW_ICL of `layer` for `rows` (queries of one group), stacked: the group's own stack,
+        or for a subset of it (per-query deltas leaving some queries' K/V unchanged) a kept
+        selection of it."""
+        group = self._slot[rows[0]][0]
+        f = self._implied[layer][group]
+        if rows == self.groups[group]:
+            return f
         key = (layer, tuple(rows))
         if key not in self._stacks:
-            self._stacks[key] = FactoredDelta(
-                torch.stack([self.implied[r][layer].left for r in rows]),
-                torch.stack([self.implied[r][layer].right for r in rows]), layer)
+            idx = torch.tensor([self._slot[r][1] for r in rows])
+            self._stacks[key] = FactoredDelta(f.left[idx], f.right[idx], layer)
         return self._stacks[key]
 
     def actual(self, delta: Any, row: int, after: list[Any] | None = None) -> list[FactoredDelta | None]:

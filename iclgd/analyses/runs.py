@@ -352,9 +352,13 @@ def run_finetuned(
 
 
 def concat_runs(runs: Sequence[RunCapture]) -> RunCapture:
-    """Concatenate captures of one setting along the query axis (query scores re-padded)."""
+    """Concatenate captures of one setting along the query axis (query scores re-padded). A
+    single capture is returned as it is: its shared demonstration activations stay views
+    expanded over the queries instead of one copy per query."""
     if not runs:
         raise IclgdError("nothing to concatenate")
+    if len(runs) == 1:
+        return runs[0]
     q_max = max(r.query_scores.shape[-1] for r in runs)
 
     def pad(x: Tensor) -> Tensor:

@@ -161,6 +161,22 @@ def training_attention_metrics(
     (first tokens already left out); `lengths` = tokens per example."""
     icl = icl_training_attention(icl_scores)
     ft = ft_training_attention(q_query, q_train, scale=scale)
+    return attention_agreement(icl, ft, lengths, k_tokens=k_tokens, k_examples=k_examples,
+                               generator=generator)
+
+
+def attention_agreement(
+    icl: Float[Tensor, "... n_tokens"],
+    ft: Float[Tensor, "... n_tokens"],
+    lengths: Int[Tensor, "... n_examples"] | Sequence[int],
+    *,
+    k_tokens: int = DAI_TOP_K_TOKENS,
+    k_examples: int = DAI_TOP_K_EXAMPLES,
+    generator: torch.Generator | None = None,
+) -> dict[str, Float[Tensor, "..."]]:
+    """The comparison step of `training_attention_metrics` (Dai et al. 2023), on the two
+    attention distributions already formed (`icl_training_attention`, `ft_training_attention`):
+    for callers that form them in pieces, e.g. one layer at a time."""
     if icl.shape != ft.shape:
         raise IclgdError(f"ICL attends to {icl.shape[-1]} demonstration tokens but FT to "
                          f"{ft.shape[-1]} training tokens: they must be the same tokens")

@@ -257,12 +257,12 @@ def test_batched_delta_w_matches_the_per_call_functions(neox, sets):
             want_icl = implied_delta_w(neox, ps.icl, layer, row=row).materialize()
             want_ft = finetuned_delta_w(neox, delta, ps.zs.tokens[row, :end], layer,
                                         positions=qpos).materialize()
-            got_icl = dw.implied[row][layer].materialize()
+            got_icl = dw.implied(row, layer).materialize()
             got_ft = actual[layer].materialize()
             assert torch.allclose(got_icl, want_icl, rtol=1e-5, atol=1e-6 * float(want_icl.abs().max()))
             assert torch.allclose(got_ft, want_ft, rtol=1e-5, atol=1e-6 * float(want_ft.abs().max()))
     rows = {(r["metric"], r["layer"]): r["value"] for r in dw.rows([delta])}
-    per_query = [float(compare_delta_w(dw.implied[r][1], dw.actual(delta, r)[1])["cosine"].mean())
+    per_query = [float(compare_delta_w(dw.implied(r, 1), dw.actual(delta, r)[1])["cosine"].mean())
                  for r in range(len(ps))]
     assert rows[("dw_cosine", 1)] == pytest.approx(sum(per_query) / len(per_query), abs=1e-12)
 
@@ -279,7 +279,7 @@ def test_delta_w_from_the_runs_equals_its_own_capture(neox, sets):
     own, reused = DeltaWComparison(neox, ps), DeltaWComparison(neox, ps, zs=zs, icl=icl)
     for row in range(len(ps)):
         for layer in (0, 1):
-            a, b = own.implied[row][layer].materialize(), reused.implied[row][layer].materialize()
+            a, b = own.implied(row, layer).materialize(), reused.implied(row, layer).materialize()
             assert torch.allclose(a, b, rtol=1e-5, atol=1e-6 * float(a.abs().max()))
             assert torch.allclose(own.query_x[row][layer], reused.query_x[row][layer],
                                   rtol=1e-5, atol=1e-6)

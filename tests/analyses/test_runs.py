@@ -145,3 +145,14 @@ def test_prompt_set_errors(neox):
     empty = Task("e", [Example("w4", "")], [Example("w5", "w6")], TEMPLATE)
     with pytest.raises(IclgdError, match="tokenises to nothing"):
         text_prompt_sets(empty, neox.tokenizer, [1])
+
+
+def test_shared_training_token_activations_are_one_copy_for_every_query(neox, prompt_sets):
+    from iclgd.probes.finetune import finetune
+
+    ps = prompt_sets[4]
+    ft = run_finetuned(neox, ps, finetune(neox, ps.demos, method="gd", lr=0.5), kendall=True)
+    for x in (ft.demo_inputs, ft.demo_queries):
+        assert x is not None and x.shape[0] == len(ps) == 5
+        assert x.stride(0) == 0  # a view expanded over the queries, not 5 copies
+        assert torch.equal(x[0], x[4])
