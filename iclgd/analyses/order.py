@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -35,6 +36,7 @@ from iclgd.errors import IclgdError
 from iclgd.hooks.batching import BatchSize, available_memory, model_device
 from iclgd.probes.finetune import WeightDelta, finetune_batched_epochs, task_bytes
 from iclgd.probes.metrics import order_sensitivity
+from iclgd.results import read_json, write_json
 
 
 def orderings(n_demos: int, n_perms: int, *, seed: int = 0) -> list[list[int]]:
@@ -208,43 +210,63 @@ def order_experiment(
     batch_size: BatchSize = DEFAULT_BATCH,
     orderings_per_run: int | None = None,
     log: Callable[[str], None] | None = None,
+    cells: Path | None = None,
 ) -> list[dict[str, Any]]:
     """Order sensitivity of ICL and of each method after each epoch count of
     `epoch_grid(epochs)`. Returns tidy rows `{model, n_demos, n_perms, setting, method, epoch,
     order_sensitivity, se}` (`se` = standard error over queries; `setting` "icl" has method
     "" and epoch 0). `batch_size`: prompts per forward pass, or "auto". `orderings_per_run`:
     orderings finetuned at once (default: per method, as many as fit in memory,
-    `orderings_that_fit`; `log` reports a split, default one line on stderr)."""
+    `orderings_that_fit`; `log` reports a split, default one line on stderr). `cells`: a folder
+    where each finished cell (ICL, then each method) is written atomically as it ends, and read
+    back instead of computed when a killed run is started again; the caller keeps it to one
+    setting (`iclgd order` refuses a folder written with other settings)."""
     orders = orderings(prompts.icl.n_demos, n_perms, seed=seed)
     wv_layer = int(model.cfg.n_layers) // 2 if wv_layer is None else wv_layer
     base = {"model": label, "n_demos": prompts.icl.n_demos, "n_perms": n_perms}
-    mean, se = _summary(icl_distributions(model, prompts, orders, batch_size=batch_size))
-    rows = [
-        {**base, "setting": "icl", "method": "", "epoch": 0, "order_sensitivity": mean, "se": se}
-    ]
+
+    def icl_rows() -> list[dict[str, Any]]:
+        mean, se = _summary(icl_distributions(model, prompts, orders, batch_size=batch_size))
+        return [{**base, "setting": "icl", "method": "", "epoch": 0, "order_sensitivity": mean,
+                 "se": se}]
+
+    rows = _cell(cells, f"{label}-icl", None, icl_rows)
     grid = epoch_grid(epochs)
     for method in methods:
-        per_run = orderings_per_run or orderings_that_fit(model, prompts, method, n_perms,
-                                                          layer=wv_layer)
-        if per_run < n_perms:
-            (log or _stderr)(f"iclgd: order: {method} finetunes {per_run} of the {n_perms} "
-                             "orderings at a time (what fits in free memory)")
-        by_epoch = ft_distributions_by_epoch(
-            model, prompts, orders, method, lr=lr[method], epochs=grid, seed=seed,
-            layer=wv_layer, batch_size=batch_size, orderings_per_run=per_run,
-        )
-        for e in grid:
-            mean, se = _summary(by_epoch[e])
-            rows.append(
-                {
-                    **base,
-                    "setting": "ft",
-                    "method": method,
-                    "epoch": e,
-                    "order_sensitivity": mean,
-                    "se": se,
-                }
+        def ft_rows(method: str = method) -> list[dict[str, Any]]:
+            per_run = orderings_per_run or orderings_that_fit(model, prompts, method, n_perms,
+                                                              layer=wv_layer)
+            if per_run < n_perms:
+                (log or _stderr)(f"iclgd: order: {method} finetunes {per_run} of the {n_perms} "
+                                 "orderings at a time (what fits in free memory)")
+            by_epoch = ft_distributions_by_epoch(
+                model, prompts, orders, method, lr=lr[method], epochs=grid, seed=seed,
+                layer=wv_layer, batch_size=batch_size, orderings_per_run=per_run,
             )
-            if progress is not None:
+            return [{**base, "setting": "ft", "method": method, "epoch": e,
+                     "order_sensitivity": m, "se": s}
+                    for e in grid for m, s in [_summary(by_epoch[e])]]
+
+        rows += _cell(cells, f"{label}-{method}", lr[method], ft_rows)
+        if progress is not None:
+            for e in grid:
                 progress(f"{label} {method} epoch {e}")
+    return rows
+
+
+def _cell(
+    cells: Path | None, name: str, lr: float | None, compute: Callable[[], list[dict[str, Any]]]
+) -> list[dict[str, Any]]:
+    """The rows of one cell of `order_experiment`: read from `cells/name.json` when an earlier
+    run finished it (at the same learning rate), else computed and written there atomically."""
+    if cells is None:
+        return compute()
+    path = Path(cells) / f"{name}.json"
+    if path.exists():
+        saved = read_json(path)
+        if saved.get("lr") == lr:
+            return [{k: float("nan") if v is None else v for k, v in r.items()}
+                    for r in saved["rows"]]
+    rows = compute()
+    write_json(path, {"lr": lr, "rows": rows})
     return rows

@@ -2,12 +2,15 @@
 
 Writes `order.csv` (tidy: model, n_demos, n_perms, setting, method, epoch, order_sensitivity,
 se), `order.json` (provenance, settings, rows) and `order.png` to `--out`; prints the table (or
-JSON with `--json`).
+JSON with `--json`). Each finished cell (ICL, then each method) is kept in `--out/cells/` as it
+ends: the same command started again after a kill resumes from there, and more `--methods`
+later reuse the cells already there.
 """
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -37,7 +40,6 @@ def run(args: argparse.Namespace) -> int:
     from iclgd.commands.compare import check_common
 
     check_common(args)  # before the heavy imports
-    from pathlib import Path
 
     import matplotlib.pyplot as plt
     from tqdm import tqdm
@@ -59,6 +61,8 @@ def run(args: argparse.Namespace) -> int:
     (n, prompts), = sets.items()
     models, control = with_control(model, args)
     grid = epoch_grid(args.epochs)
+    out = Path(args.out)
+    cells = resume_folder(out / "cells", args)
     rows = []
     with tqdm(total=len(models) * len(methods) * len(grid), desc="order", unit="run",
               leave=False, disable=None) as bar:
@@ -66,11 +70,11 @@ def run(args: argparse.Namespace) -> int:
             rows += order_experiment(m, prompts, methods, n_perms=args.perms, epochs=args.epochs,
                                      lr=lr, seed=args.seed, wv_layer=args.wv_layer, label=label,
                                      progress=lambda msg: (bar.set_postfix_str(msg), bar.update(1)),
-                                     batch_size=batch, orderings_per_run=args.perms_per_run)
+                                     batch_size=batch, orderings_per_run=args.perms_per_run,
+                                     cells=cells)
     settings = {"demos": n, "perms": args.perms, "perms_per_run": args.perms_per_run or "auto",
                 "methods": methods, "lr": lr,
                 "epochs": args.epochs, "epoch_grid": grid, **control, **info}
-    out = Path(args.out)
     write_csv(out / "order.csv", rows)
     if "lr_search" in info:
         write_csv(out / "lr_search.csv", info["lr_search"]["rows"])
@@ -89,3 +93,24 @@ def run(args: argparse.Namespace) -> int:
               f"{r['order_sensitivity']:>11.3e} {r['se']:>9.2e}")
     print(f"results in {out}/ (order.csv, order.json, order.png)")
     return 0
+
+
+# what the numbers of a cell depend on; the methods, batching and output are free to change
+_NOT_RESUMED = {"func", "command", "methods", "perms_per_run", "batch_size", "threads", "json",
+                "out"}
+
+
+def resume_folder(cells: Path, args: argparse.Namespace) -> Path:
+    """`cells`, where `order_experiment` keeps each finished cell so that a killed run resumes;
+    created with the settings that the cells depend on, and refused (one line) when a folder
+    there holds cells computed with other settings."""
+    from iclgd.errors import IclgdError
+    from iclgd.results import read_json, write_json
+
+    settings = {k: v for k, v in sorted(vars(args).items()) if k not in _NOT_RESUMED}
+    path = cells / "settings.json"
+    if path.exists() and read_json(path) != settings:
+        raise IclgdError(f"{cells} holds order cells computed with other settings: pass the same "
+                         "settings to resume, or another --out")
+    write_json(path, settings)
+    return cells

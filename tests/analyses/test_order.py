@@ -138,3 +138,47 @@ def test_order_cli_end_to_end(tiny_models, tmp_path, capsys):
     assert main(["order", "--model", str(tiny_models["neox"]), "--task", str(task), "--demos",
                  "4", "--perms-per-run", "0", "--out", str(tmp_path / "y")]) == 2
     assert "--perms-per-run must be >= 1" in capsys.readouterr().err
+
+
+def test_order_experiment_resumes_from_finished_cells(neox, prompts, tmp_path, monkeypatch):
+    kw = {"n_perms": 3, "epochs": 1, "lr": {"gd": 0.3, "adam": 1e-2}, "cells": tmp_path}
+    calls: list[str] = []
+    real = order_mod.ft_distributions_by_epoch
+
+    def counted(*args, **kwargs):
+        calls.append(args[3])
+        if args[3] == "adam" and len(calls) == 2:
+            raise KeyboardInterrupt  # killed during the second method
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(order_mod, "ft_distributions_by_epoch", counted)
+    with pytest.raises(KeyboardInterrupt):
+        order_experiment(neox, prompts, ["gd", "adam"], **kw)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["trained-gd.json", "trained-icl.json"]
+    rows = order_experiment(neox, prompts, ["gd", "adam"], **kw)
+    assert calls == ["gd", "adam", "adam"]  # gd and ICL were read back, not computed again
+    monkeypatch.setattr(order_mod, "ft_distributions_by_epoch", real)
+    fresh = order_experiment(neox, prompts, ["gd", "adam"], **{**kw, "cells": None})
+    assert rows == fresh
+    # another learning rate is another cell: computed again
+    again = order_experiment(neox, prompts, ["gd"], **{**kw, "lr": {"gd": 0.1}})
+    assert again[1]["order_sensitivity"] != rows[1]["order_sensitivity"]
+
+
+def test_order_cli_refuses_cells_of_other_settings(tiny_models, tmp_path, capsys):
+    task = tmp_path / "pairs.jsonl"
+    task.write_text("".join(json.dumps({"input": f"w{i}", "output": f"w{i + 20}"}) + "\n"
+                            for i in range(4, 24)))
+    args = ["order", "--model", str(tiny_models["neox"]), "--task", str(task), "--demos", "4",
+            "--perms", "3", "--methods", "gd", "--epochs", "1", "--queries", "2", "--lr", "0.2",
+            "--out", str(tmp_path / "o")]
+    assert main(args) == 0
+    first = json.loads((tmp_path / "o" / "order.json").read_text())["rows"]
+    assert (tmp_path / "o" / "cells" / "trained-gd.json").exists()
+    assert main([*args, "--methods", "gd,sgd"]) == 0  # more methods: the gd cell is reused
+    rows = json.loads((tmp_path / "o" / "order.json").read_text())["rows"]
+    assert rows[:2] == first and rows[2]["method"] == "sgd"
+    capsys.readouterr()
+    assert main([*args, "--perms", "4"]) == 2
+    err = capsys.readouterr().err
+    assert "holds order cells computed with other settings" in err and err.count("\n") == 1
